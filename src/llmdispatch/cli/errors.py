@@ -1,0 +1,37 @@
+"""Turn known errors into one clear line on stderr and an exit code that says what failed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from llmdispatch.artifacts import ArtifactError
+from llmdispatch.data.builder import DataError
+from llmdispatch.registry import UnknownComponentError
+
+EXIT_USAGE = 2
+EXIT_RUNTIME = 3
+
+#: Error types that mean "bad input or usage" (exit 2). Others are runtime failures (exit 3).
+INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    DataError,
+    ArtifactError,
+    UnknownComponentError,
+    FileNotFoundError,
+    ValueError,
+)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``args.func``; report input errors plainly instead of with a traceback."""
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except INPUT_ERRORS as exc:
+        print(f"llmdispatch {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (RuntimeError, OSError) as exc:
+        print(f"llmdispatch {args.command}: failed: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
