@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import numpy as np
 
@@ -25,8 +25,8 @@ _ARRAYS = "arrays.npz"
 class Persistable(Protocol):
     """A component that can be saved without pickle."""
 
-    registry_kind: str
-    registry_name: str
+    registry_kind: ClassVar[str]
+    registry_name: ClassVar[str]
 
     def get_state(self) -> dict[str, Any]:
         """Everything needed to rebuild the fitted component (arrays allowed)."""

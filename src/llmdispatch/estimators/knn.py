@@ -1,0 +1,261 @@
+"""Similarity-weighted k-nearest-neighbour quality estimator (the baseline to beat).
+
+References
+----------
+Shnitzer et al., "Large Language Model Routing with Benchmark Datasets", arXiv:2309.15789
+(2023): a kNN correctness predictor per model on sentence embeddings. Hu et al.,
+"RouterBench", arXiv:2403.12031 (2024), and LLMRouterBench (2026) use it as the baseline that
+most learned routers only tie.
+
+Formula, with cosine similarity ``s_j`` of the query to training prompt ``j``, its ``k``
+nearest neighbours ``N_k(x)``, known-score mask ``M``, scores ``y`` and the model's mean
+training score ``ȳ_m``::
+
+    Q(x, m) = (Σ_{j∈N_k(x)} w_j M_jm y_jm + α ȳ_m) / (Σ_{j∈N_k(x)} w_j M_jm + α)
+    w_j = max(s_j, 0)              (temperature None)
+    w_j = exp((s_j − 1) / τ)       (temperature τ)
+
+Adapted: the pseudo-count ``α`` shrinks towards ``ȳ_m`` when the neighbours are dissimilar or
+lack a score for ``m`` (unknown scores are masked, never read as 0). ``k``, ``τ`` and ``α``
+are chosen by leave-one-out on the training rows: neighbours are found once at the largest
+``k`` of the grid and every ``(k, τ, α)`` is scored from running sums over them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, Self
+
+import numpy as np
+import scipy.sparse as sp
+
+from llmdispatch.data.table import OutcomeTable
+from llmdispatch.estimators._common import (
+    Scores,
+    check_features,
+    check_grid,
+    check_int,
+    check_n_features,
+    check_positive,
+    features_from_state,
+    features_state,
+    l2_normalize,
+    masked_mse,
+    table_scores,
+)
+from llmdispatch.estimators._similarity import SimilarityIndex
+from llmdispatch.estimators.base import QualityEstimator, clip_quality
+from llmdispatch.registry import register
+from llmdispatch.types import Features, FloatMatrix, IntVector
+
+Auto = Literal["auto"]
+DEFAULT_K_GRID = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)
+DEFAULT_TEMPERATURE_GRID: tuple[float | None, ...] = (None, 0.2, 0.1, 0.05, 0.02)
+DEFAULT_PRIOR_GRID = (0.1, 1.0, 5.0)
+
+
+@register("estimator", "knn")
+class KNNEstimator(QualityEstimator):
+    """Similarity-weighted kNN over L2-normalised features (dense or CSR).
+
+    Parameters
+    ----------
+    k : int or "auto"
+        Neighbours per query; ``"auto"`` picks from ``k_grid`` by leave-one-out MSE.
+    temperature : float, None or "auto"
+        ``None``: weights are the (clipped) cosine similarities; a float ``τ``: weights
+        ``exp((s − 1)/τ)``; ``"auto"``: chosen from ``temperature_grid``.
+    prior_strength : float or "auto"
+        Pseudo-count ``α`` pulling towards each model's mean score.
+
+    Examples
+    --------
+    >>> est = KNNEstimator(k=10).fit(table, X)   # doctest: +SKIP
+    >>> est.predict(X_new).shape                  # doctest: +SKIP
+    (n_new, n_models)
+    """
+
+    def __init__(
+        self,
+        k: int | Auto = "auto",
+        temperature: float | Auto | None = "auto",
+        prior_strength: float | Auto = "auto",
+        k_grid: Sequence[int] = DEFAULT_K_GRID,
+        temperature_grid: Sequence[float | None] = DEFAULT_TEMPERATURE_GRID,
+        prior_grid: Sequence[float] = DEFAULT_PRIOR_GRID,
+    ) -> None:
+        self.k = k
+        self.temperature = temperature
+        self.prior_strength = prior_strength
+        self.k_grid = k_grid
+        self.temperature_grid = temperature_grid
+        self.prior_grid = prior_grid
+
+    # ---- fitting ---------------------------------------------------------------------
+    def _candidates(self, n: int) -> tuple[list[int], list[float | None], list[float]]:
+        if self.k == "auto":
+            grid = [int(v) for v in check_grid("k_grid", self.k_grid, integer=True)]
+            ks = sorted({min(k, n - 1) for k in grid})
+        else:
+            ks = [min(check_int("k", self.k, 1), n - 1)]
+        if self.temperature == "auto":
+            temps = list(self.temperature_grid)
+            if not temps:
+                raise ValueError("temperature_grid must not be empty")
+        else:
+            temps = [self.temperature]
+        for t in temps:
+            if t is not None:
+                check_positive("temperature", t)
+        if self.prior_strength == "auto":
+            alphas = check_grid("prior_grid", self.prior_grid)
+        else:
+            check_positive("prior_strength", self.prior_strength, allow_zero=True)
+            alphas = [float(self.prior_strength)]
+        return ks, temps, alphas
+
+    def fit(self, table: OutcomeTable, X: Features) -> Self:
+        """Store the training rows and choose ``k``, ``τ``, ``α`` by leave-one-out."""
+        scores = table_scores(table)
+        ks, temps, alphas = self._candidates(table.n_prompts)
+        Xn = l2_normalize(check_features(X, table.n_prompts))
+        self.X_train_ = Xn
+        self._index_cache: SimilarityIndex | None = None
+        self.n_features_ = int(Xn.shape[1])
+        self.Y_ = scores.Y
+        self.M_ = scores.M
+        self.prior_ = scores.prior
+        self.models_ = scores.models
+        results = _loo_search(Xn, scores, ks, temps, alphas)
+        best = min(results, key=lambda r: r["mse"])
+        self.k_ = int(best["k"])
+        self.temperature_ = best["temperature"]
+        self.prior_strength_ = float(best["alpha"])
+        self.cv_results_ = results
+        return self
+
+    # ---- prediction ------------------------------------------------------------------
+    def predict(self, X: Features) -> FloatMatrix:
+        """Expected quality ``Q[n, m]`` of each model on each query."""
+        self._check_fitted()
+        Xq = l2_normalize(check_features(X))
+        check_n_features(Xq, self.n_features_)
+        YM = self.Y_ * self.M_
+        Mf = self.M_.astype(np.float64)
+        out = np.empty((Xq.shape[0], len(self.models_)), dtype=np.float64)
+        n_train = self.Y_.shape[0]
+        for start, sims in self._index().chunks(Xq):
+            idx, top = _top_k(sims, self.k_)
+            w = _weights(top, self.temperature_)
+            rows = np.repeat(np.arange(len(w)), w.shape[1])
+            W = sp.csr_matrix((w.ravel(), (rows, idx.ravel())), shape=(len(w), n_train))
+            num = W @ YM + self.prior_strength_ * self.prior_
+            den = W @ Mf + self.prior_strength_
+            out[start : start + len(w)] = _divide(num, den, self.prior_)
+        return clip_quality(out)
+
+    def _index(self) -> SimilarityIndex:
+        index = getattr(self, "_index_cache", None)
+        if index is None:
+            index = self._index_cache = SimilarityIndex(self.X_train_)
+        return index
+
+    # ---- state -----------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        """Training rows, scores and the chosen hyper-parameters."""
+        self._check_fitted()
+        return {
+            "models": list(self.models_),
+            "X_train": features_state(self.X_train_),
+            "Y": self.Y_,
+            "M": self.M_,
+            "prior": self.prior_,
+            "k": self.k_,
+            "temperature": self.temperature_,
+            "prior_strength": self.prior_strength_,
+            "cv_results": self.cv_results_,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Self:
+        """Rebuild a fitted estimator from :meth:`get_state`."""
+        est = cls(
+            k=int(state["k"]),
+            temperature=state["temperature"],
+            prior_strength=float(state["prior_strength"]),
+        )
+        est.models_ = tuple(state["models"])
+        est.X_train_ = features_from_state(state["X_train"])
+        est._index_cache = None
+        est.n_features_ = int(est.X_train_.shape[1])
+        est.Y_ = np.asarray(state["Y"], dtype=np.float64)
+        est.M_ = np.asarray(state["M"], dtype=bool)
+        est.prior_ = np.asarray(state["prior"], dtype=np.float64)
+        est.k_ = int(state["k"])
+        est.temperature_ = state["temperature"]
+        est.prior_strength_ = float(state["prior_strength"])
+        est.cv_results_ = list(state.get("cv_results", []))
+        return est
+
+
+# ---- internals ---------------------------------------------------------------------------
+def _top_k(sims: FloatMatrix, k: int) -> tuple[IntVector, FloatMatrix]:
+    """Indices and similarities of the ``k`` most similar columns, most similar first."""
+    n = sims.shape[1]
+    k = min(k, n)
+    if k < n:
+        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    else:
+        idx = np.tile(np.arange(n), (len(sims), 1))
+    top = np.take_along_axis(sims, idx, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(top, order, axis=1)
+
+
+def _weights(top: FloatMatrix, temperature: float | None) -> FloatMatrix:
+    if temperature is None:
+        return np.maximum(top, 0.0)
+    return np.exp((np.minimum(top, 1.0) - 1.0) / temperature)
+
+
+def _divide(num: FloatMatrix, den: FloatMatrix, prior: FloatMatrix) -> FloatMatrix:
+    safe = np.where(den > 0, den, 1.0)
+    return np.where(den > 0, num / safe, prior)
+
+
+def _loo_search(
+    Xn: Features,
+    scores: Scores,
+    ks: list[int],
+    temps: list[float | None],
+    alphas: list[float],
+) -> list[dict[str, Any]]:
+    """Leave-one-out MSE of every (k, τ, α): neighbours once at max k, running sums."""
+    n = Xn.shape[0]
+    kmax = max(ks)
+    idx_all = np.empty((n, kmax), dtype=np.intp)
+    sim_all = np.empty((n, kmax), dtype=np.float64)
+    for start, sims in SimilarityIndex(Xn).chunks(Xn):
+        rows = np.arange(len(sims))
+        sims[rows, start + rows] = -np.inf  # leave the row itself out
+        idx, top = _top_k(sims, kmax)
+        idx_all[start : start + len(sims)] = idx
+        sim_all[start : start + len(sims)] = top
+    YM = scores.Y * scores.M
+    Mf = scores.M.astype(np.float64)
+    results: list[dict[str, Any]] = []
+    for temp in temps:
+        w_all = _weights(sim_all, temp)
+        num = np.zeros_like(YM)
+        den = np.zeros_like(YM)
+        prev = 0
+        for k in ks:
+            w = w_all[:, prev:k, None]
+            num += (w * YM[idx_all[:, prev:k]]).sum(axis=1)
+            den += (w * Mf[idx_all[:, prev:k]]).sum(axis=1)
+            prev = k
+            for alpha in alphas:
+                q = _divide(num + alpha * scores.prior, den + alpha, scores.prior)
+                mse = masked_mse(np.clip(q, 0.0, 1.0), scores)
+                results.append({"k": k, "temperature": temp, "alpha": alpha, "mse": mse})
+    return results

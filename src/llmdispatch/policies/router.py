@@ -1,0 +1,306 @@
+"""The router: one rule for every pre-generation paradigm.
+
+``choose argmax_m  Q̂[x, m] − λ · Ĉ[x, m] / c̄``  over the models allowed for ``x``
+
+``Q̂`` comes from any registered quality estimator (kNN, heads, matrix factorisation,
+clusters, preference, difficulty, rules) on any registered encoder's features; ``Ĉ`` is the
+expected cost before the call (:mod:`llmdispatch.policies.costs`); ``c̄`` is the largest
+per-model mean cost on the training table, so ``λ`` is unit-free: ``λ = 1`` trades the whole
+price of the most expensive model for one point of quality, and the same λ means the same
+trade-off on every data set and for the bandits, which share the convention. Ties go to the
+cheaper model. Sweeping ``λ`` traces the cost/quality curve; calibration
+(:mod:`llmdispatch.policies.calibrate`) picks ``λ`` for a target on a validation split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from llmdispatch.artifacts import component_state, restore
+from llmdispatch.catalog import ModelCard
+from llmdispatch.data.splits import train_validation
+from llmdispatch.data.table import OutcomeTable
+from llmdispatch.estimators.base import QualityEstimator
+from llmdispatch.features.base import Encoder
+from llmdispatch.policies.base import Attempt, AttemptResult, Candidate, Decisions, Plan, Policy
+from llmdispatch.policies.calibrate import CalibrationTarget, achieved, choose_lambda
+from llmdispatch.policies.costs import CostModel, card_fits
+from llmdispatch.query import Query
+from llmdispatch.registry import REGISTRY, register
+from llmdispatch.types import BoolMatrix, FloatMatrix, IntVector
+
+#: Unit-free λ values swept offline: 0 (quality only) up to "cheapest model always".
+DEFAULT_LAMBDAS: tuple[float, ...] = (0.0, *np.geomspace(1e-3, 1e3, 61).round(6).tolist())
+
+
+class RouterError(ValueError):
+    """A router that cannot be built or asked (bad names, no allowed model)."""
+
+
+@register("policy", "router")
+class Router(Policy):
+    """Pre-generation router: encoder → quality estimator → ``argmax Q − λ·Ĉ``.
+
+    Parameters
+    ----------
+    estimator, estimator_params : a registered estimator name and its constructor arguments.
+    encoder, encoder_params : a registered encoder name and its constructor arguments.
+    lambdas : the unit-free λ values ``sweep`` replays (default: 0 and 61 values 1e-3…1e3).
+    lam : the λ used live when no calibration target is given (default 0: best quality).
+    calibrate : a target such as ``{"quality_fraction": 0.95}`` or
+        ``{"cost_per_query": 0.002}``; λ is chosen on the validation table passed to ``fit``
+        (or a 25 % validation split of the training table when none is given).
+    allow : only these models may be chosen (``None``: all).
+    """
+
+    knob_name: ClassVar[str] = "lambda"
+
+    def __init__(
+        self,
+        estimator: str = "knn",
+        estimator_params: dict[str, Any] | None = None,
+        encoder: str = "tfidf",
+        encoder_params: dict[str, Any] | None = None,
+        lambdas: Sequence[float] | None = None,
+        lam: float | None = None,
+        calibrate: CalibrationTarget | dict[str, Any] | None = None,
+        allow: Sequence[str] | None = None,
+    ) -> None:
+        self.estimator = estimator
+        self.estimator_params = dict(estimator_params or {})
+        self.encoder = encoder
+        self.encoder_params = dict(encoder_params or {})
+        self.lambdas = tuple(
+            float(v) for v in (lambdas if lambdas is not None else DEFAULT_LAMBDAS)
+        )
+        if not self.lambdas or min(self.lambdas) < 0:
+            raise RouterError("lambdas must be a non-empty list of values >= 0")
+        if lam is not None and lam < 0:
+            raise RouterError(f"lam must be >= 0, got {lam}")
+        self.lam = lam
+        self.calibrate = (
+            None
+            if calibrate is None
+            else calibrate
+            if isinstance(calibrate, CalibrationTarget)
+            else CalibrationTarget.model_validate(calibrate)
+        )
+        self.allow = tuple(allow) if allow is not None else None
+        # Fail early on unknown names, with the registry's list of known ones.
+        REGISTRY.get("estimator", estimator)
+        REGISTRY.get("encoder", encoder)
+
+    # ---- fitting ----------------------------------------------------------------------------
+    def fit(self, train: OutcomeTable, validation: OutcomeTable | None = None) -> Self:
+        """Fit encoder, estimator and cost model on ``train``; calibrate λ on ``validation``."""
+        if train.n_prompts < 2:
+            raise RouterError("a router needs at least two training prompts")
+        if self.calibrate is not None and self.calibrate.kind != "lambda" and validation is None:
+            train, validation = train_validation(train)
+        if self.allow is not None:
+            unknown = sorted(set(self.allow) - set(train.models))
+            if unknown:
+                raise RouterError(f"allow names unknown models {unknown}; known: {train.models}")
+        texts = train.full_prompts()
+        encoder: Encoder = REGISTRY.get("encoder", self.encoder)(**self.encoder_params)
+        self.encoder_ = encoder.fit(texts)
+        est: QualityEstimator = REGISTRY.get("estimator", self.estimator)(**self.estimator_params)
+        self.estimator_ = est.fit(train, self.encoder_.encode(texts))
+        self.models_ = tuple(train.models)
+        if tuple(self.estimator_.models_) != self.models_:
+            raise RouterError("the estimator's models differ from the training table's")
+        self.cards_ = {name: train.card(name) for name in self.models_}
+        self.costs_ = CostModel().fit(train)
+        self.cost_scale_ = float(max(self.costs_.mean_cost_.max(), 1e-12))
+        means = train.mean_score()
+        self.strongest_ = int(np.nanargmax(np.where(np.isnan(means), -np.inf, means)))
+        self.trained_on_ = {
+            "table": train.name,
+            "prompts": int(train.n_prompts),
+            "datasets": sorted({str(d) for d in train.datasets}),
+            "models": list(self.models_),
+        }
+        self.lam_ = float(self.lam) if self.lam is not None else 0.0
+        self.calibration_: dict[str, Any] = {}
+        if self.calibrate is not None:
+            self._calibrate(self.calibrate, validation)
+        return self
+
+    def _calibrate(self, target: CalibrationTarget, validation: OutcomeTable | None) -> None:
+        if target.kind == "lambda" or validation is None:
+            self.lam_ = target.value if target.kind == "lambda" else self.lam_
+            self.calibration_ = {"target": target.model_dump(), "lambda": self.lam_}
+            return
+        sweep = self.sweep(validation.blind(), validation.known)
+        self.lam_, found = choose_lambda(target, validation, sweep, self.strongest_)
+        self.calibration_ = {
+            "target": target.model_dump(),
+            "lambda": self.lam_,
+            "validation": {k: float(v) for k, v in found.items()},
+            "validation_prompts": int(validation.n_prompts),
+        }
+
+    def check_calibration(self, table: OutcomeTable) -> dict[str, float]:
+        """The calibration target's figure achieved at the chosen λ on ``table`` (e.g. test)."""
+        self._check_fitted()
+        if self.calibrate is None:
+            raise RouterError("this router has no calibration target")
+        d = self.decide_table(table.blind(), table.known, self.lam_)
+        return achieved(self.calibrate, table, d, self.strongest_)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "estimator_"):
+            raise RuntimeError("Router is not fitted; call fit() first")
+
+    # ---- estimates --------------------------------------------------------------------------
+    def quality_table(self, table: OutcomeTable) -> FloatMatrix:
+        """``Q̂`` for every prompt of a table."""
+        self._check_fitted()
+        self._check_models(table.models)
+        return self.estimator_.predict(self.encoder_.encode(table.full_prompts()))
+
+    def quality(self, queries: Sequence[Query]) -> FloatMatrix:
+        """``Q̂`` for live queries."""
+        self._check_fitted()
+        return self.estimator_.predict(self.encoder_.encode_queries(list(queries)))
+
+    def expected_cost(self, queries: Sequence[Query]) -> FloatMatrix:
+        """``Ĉ`` in USD for live queries."""
+        self._check_fitted()
+        return self.costs_.for_queries(queries)
+
+    def _allow_mask(self) -> np.ndarray:
+        if self.allow is None:
+            return np.ones(len(self.models_), dtype=bool)
+        return np.isin(np.array(self.models_), np.array(self.allow))
+
+    @staticmethod
+    def choose(
+        Q: FloatMatrix, C: FloatMatrix, allowed: BoolMatrix, lam: float, scale: float
+    ) -> IntVector:
+        """``argmax Q − λ·C/scale`` per row over allowed models; ties go to the cheaper one."""
+        utility = Q - lam * C / scale
+        # Tie-break on cost: a tiny term well below any estimator's resolution.
+        utility = utility - 1e-9 * C / scale
+        utility = np.where(allowed, utility, -np.inf)
+        choice = np.asarray(utility.argmax(axis=1), dtype=np.intp)
+        none = ~allowed.any(axis=1)
+        if none.any():
+            raise RouterError(f"{int(none.sum())} queries have no allowed model")
+        return choice
+
+    # ---- offline ----------------------------------------------------------------------------
+    def decide_table(self, table: OutcomeTable, available: BoolMatrix, lam: float) -> Decisions:
+        """Decisions at one λ for every prompt of a (blinded) table."""
+        Q = self.quality_table(table)
+        C = self.costs_.for_table(table)
+        allowed = available & self._allow_mask()[None, :]
+        return Decisions.routed(self.choose(Q, C, allowed, lam, self.cost_scale_), table.n_models)
+
+    def sweep(self, table: OutcomeTable, available: BoolMatrix) -> list[tuple[float, Decisions]]:
+        """One routed decision per prompt for each λ in ``lambdas``."""
+        Q = self.quality_table(table)
+        C = self.costs_.for_table(table)
+        allowed = available & self._allow_mask()[None, :]
+        return [
+            (lam, Decisions.routed(self.choose(Q, C, allowed, lam, self.cost_scale_), len(Q[0])))
+            for lam in self.lambdas
+        ]
+
+    def _check_models(self, models: Sequence[str]) -> None:
+        if tuple(models) != self.models_:
+            raise RouterError(
+                f"the table's models {list(models)} differ from the router's {list(self.models_)}"
+            )
+
+    # ---- live -------------------------------------------------------------------------------
+    def explain(self, query: Query, allowed: frozenset[str] | None = None) -> Plan:
+        """Per-model quality, expected cost and utility, best first; excluded models last."""
+        self._check_fitted()
+        q = self.quality([query])[0]
+        c = self.costs_.for_queries([query])[0]
+        allow_list = self._allow_mask()
+        candidates: list[Candidate] = []
+        for j, name in enumerate(self.models_):
+            reason = None
+            if allowed is not None and name not in allowed:
+                reason = "not allowed for this request"
+            elif not allow_list[j]:
+                reason = "not in the router's allow-list"
+            else:
+                reason = card_fits(self.cards_[name], query)
+            utility = float(q[j] - self.lam_ * c[j] / self.cost_scale_)
+            candidates.append(Candidate(name, float(q[j]), float(c[j]), utility, reason))
+        ok = sorted(
+            (c for c in candidates if c.excluded is None), key=lambda c: (-c.utility, c.cost)
+        )
+        if not ok:
+            reasons = "; ".join(f"{c.model}: {c.excluded}" for c in candidates)
+            raise RouterError(f"no model can take this request ({reasons})")
+        excluded = [c for c in candidates if c.excluded is not None]
+        return Plan(
+            policy=self.label or "router",
+            choice=ok[0].model,
+            candidates=(*ok, *excluded),
+            knob=self.lam_,
+        )
+
+    def start(
+        self, query: Query, allowed: frozenset[str]
+    ) -> Generator[Attempt, AttemptResult, str]:
+        """Call the best allowed model once; its answer is the reply."""
+        plan = self.explain(query, allowed)
+        best = plan.candidates[0]
+        result = yield Attempt(
+            model=plan.choice,
+            reason=f"router: Q={best.quality:.3f}, cost≈${best.cost:.6f}, λ={self.lam_:g}",
+        )
+        return result.model
+
+    # ---- state ------------------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        """Parameters, fitted encoder, estimator and cost model, λ and calibration."""
+        self._check_fitted()
+        return {
+            "params": {
+                "estimator": self.estimator,
+                "estimator_params": self.estimator_params,
+                "encoder": self.encoder,
+                "encoder_params": self.encoder_params,
+                "lambdas": list(self.lambdas),
+                "lam": self.lam,
+                "calibrate": None if self.calibrate is None else self.calibrate.model_dump(),
+                "allow": None if self.allow is None else list(self.allow),
+            },
+            "label": self.label,
+            "encoder": component_state(self.encoder_),
+            "estimator": component_state(self.estimator_),
+            "costs": self.costs_.get_state(),
+            "cards": {name: card.model_dump(mode="json") for name, card in self.cards_.items()},
+            "models": list(self.models_),
+            "cost_scale": self.cost_scale_,
+            "strongest": self.strongest_,
+            "lam": self.lam_,
+            "calibration": self.calibration_,
+            "trained_on": self.trained_on_,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Self:
+        """Rebuild a fitted router from :meth:`get_state`."""
+        router = cls(**state["params"])
+        router.label = state.get("label", "")
+        router.encoder_ = restore(state["encoder"])
+        router.estimator_ = restore(state["estimator"])
+        router.costs_ = CostModel.from_state(state["costs"])
+        router.cards_ = {n: ModelCard.model_validate(c) for n, c in state["cards"].items()}
+        router.models_ = tuple(state["models"])
+        router.cost_scale_ = float(state["cost_scale"])
+        router.strongest_ = int(state["strongest"])
+        router.lam_ = float(state["lam"])
+        router.calibration_ = dict(state["calibration"])
+        router.trained_on_ = dict(state["trained_on"])
+        return router

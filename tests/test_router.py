@@ -1,0 +1,170 @@
+"""The Router policy: planted signal, constraints, calibration, artifacts, train/route CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _cascade_tables import make_table
+from llmdispatch.artifacts import load_artifact, save_artifact
+from llmdispatch.catalog import ModelCard
+from llmdispatch.cli import main
+from llmdispatch.data import load_table, train_validation
+from llmdispatch.data.table import OutcomeTable
+from llmdispatch.evaluation.replay import replay
+from llmdispatch.policies.router import Router, RouterError
+from llmdispatch.query import Query
+from llmdispatch.registry import UnknownComponentError
+
+TOPICS = {
+    "math": "solve the equation integral derivative algebra number",
+    "poem": "write a poem sonnet verse rhyme about the sea",
+}
+
+
+def planted(n: int = 200, seed: int = 0) -> OutcomeTable:
+    """Model ``cheap`` is right on poems, ``math`` on math; ``big`` on both but costly."""
+    rng = np.random.default_rng(seed)
+    prompts, score = [], []
+    for i in range(n):
+        topic = "math" if i % 2 else "poem"
+        words = TOPICS[topic].split()
+        prompts.append(" ".join(rng.choice(words, size=6)) + f" item {i}")
+        score.append([1.0, 0.0, 1.0] if topic == "poem" else [0.0, 1.0, 1.0])
+    cost = np.tile([1e-4, 2e-4, 1e-2], (n, 1))
+    table = make_table(score, cost, models=("cheap", "math", "big"), prompts=prompts)
+    cards = {
+        "cheap": ModelCard(name="cheap", modalities=("text", "image"), context_window=8),
+        "math": ModelCard(name="math"),
+        "big": ModelCard(name="big"),
+    }
+    from dataclasses import replace
+
+    return replace(table, cards=cards)
+
+
+def test_router_learns_planted_signal_and_trades_cost() -> None:
+    table = planted()
+    router = Router(estimator="knn", lam=1.0).fit(table.take(np.arange(0, 160)))
+    test = table.take(np.arange(160, 200))
+    run = replay(router, test)
+    # At λ = 0 quality is perfect; with a cost weight the cheap specialists answer.
+    assert run.mean_quality[0] == pytest.approx(1.0)
+    d = router.decide_table(test.blind(), test.known, 1.0)
+    assert (test.score[np.arange(test.n_prompts), d.final] == 1.0).mean() >= 0.95
+    assert not (d.final == 2).any()
+    assert run.mean_cost[-1] < run.mean_cost[0]
+
+
+def test_explain_lists_constraints_and_start_yields_one_attempt() -> None:
+    router = Router(lam=1.0).fit(planted())
+    long_poem = Query(text="write a poem about the sea " * 40, modalities=frozenset({"text"}))
+    plan = router.explain(long_poem, None)
+    excluded = {c.model: c.excluded for c in plan.candidates if c.excluded}
+    assert "context window" in str(excluded.get("cheap"))
+    image = Query(text="solve the equation", modalities=frozenset({"text", "image"}))
+    plan = router.explain(image, None)
+    assert plan.choice == "cheap"  # the only model that takes images
+    flow = router.start(Query(text="solve the integral derivative"), frozenset({"math", "big"}))
+    attempt = next(flow)
+    assert attempt.model == "math"
+    from llmdispatch.policies.base import AttemptResult
+
+    with pytest.raises(StopIteration) as done:
+        flow.send(AttemptResult(model="math", text="42"))
+    assert done.value.value == "math"
+    with pytest.raises(RouterError, match="no model can take"):
+        router.explain(image, frozenset({"math"}))
+
+
+def test_unknown_names_and_bad_values_are_clear_errors() -> None:
+    with pytest.raises(UnknownComponentError, match="unknown estimator 'nope'"):
+        Router(estimator="nope")
+    with pytest.raises(UnknownComponentError, match="unknown encoder"):
+        Router(encoder="nope")
+    with pytest.raises(ValueError, match="calibration target"):
+        Router(calibrate={"budget": 3})
+    with pytest.raises(RouterError, match="allow names unknown"):
+        Router(allow=["ghost"]).fit(planted())
+
+
+def test_artifact_round_trip_gives_identical_decisions(tmp_path: Path) -> None:
+    table = planted()
+    router = Router(estimator="linear", calibrate={"cost_per_query": 5e-4}).fit(table)
+    save_artifact(tmp_path / "r", router, {"note": "unit"})
+    again, meta = load_artifact(tmp_path / "r")
+    assert meta == {"note": "unit"}
+    assert again.lam_ == router.lam_
+    np.testing.assert_allclose(again.quality_table(table), router.quality_table(table))
+    for a, b in zip(replay(router, table).quality, replay(again, table).quality, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [{"quality_fraction": 0.95}, {"cost_per_query": 3e-4}, {"strong_share": 0.2}],
+)
+def test_calibration_hits_target_on_held_out_data(
+    shared_data: Callable[[str], Path], target: dict[str, float]
+) -> None:
+    table = load_table(shared_data("cascades9"))
+    fit, val = train_validation(table.split("train"))
+    router = Router(calibrate=target).fit(fit, val)
+    got = router.check_calibration(table.split("test"))
+    ((kind, value),) = target.items()
+    assert router.calibration_["validation"]["met"] == 1.0
+    # Held-out: within a tolerance of the target (5 % relative for cost and share).
+    if kind == "quality_fraction":
+        assert got["achieved"] >= value - 0.02
+    else:
+        assert got["achieved"] <= value * 1.25 + 0.01
+
+
+def test_router_beats_random_on_real_data(shared_data: Callable[[str], Path]) -> None:
+    table = load_table(shared_data("routerbench-subset"))
+    train, test = table.split("train"), table.split("test")
+    run = replay(Router().fit(train), test)
+    random_quality = float(np.nanmean(test.score))
+    assert run.mean_quality[0] > random_quality + 0.1
+    assert run.mean_quality[0] >= np.nanmax(test.mean_score()) - 0.02
+
+
+def test_train_and_route_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "planted.jsonl"
+    table = planted(120)
+    with data.open("w") as fh:
+        for i in range(table.n_prompts):
+            outcomes = {
+                m: {"score": float(table.score[i, j]), "cost_usd": float(table.cost[i, j])}
+                for j, m in enumerate(table.models)
+            }
+            split = "test" if i % 4 == 0 else "train"
+            rec = {
+                "id": f"p{i}",
+                "dataset": "planted",
+                "split": split,
+                "prompt": str(table.prompts[i]),
+                "outcomes": outcomes,
+            }
+            fh.write(json.dumps(rec) + "\n")
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(
+        f"data: {data}\nout: {tmp_path / 'art'}\nestimator: knn\n"
+        "calibrate: {quality_fraction: 0.9}\n"
+    )
+    assert main(["train", str(cfg)]) == 0
+    assert (tmp_path / "art" / "artifact.json").is_file()
+    capsys.readouterr()
+    assert main(["route", str(tmp_path / "art"), "solve the integral", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["choice"] in table.models and len(doc["candidates"]) == 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"data: {data}\nout: x\nestimator: knn\nvalidation_fraction: 3\n")
+    assert main(["train", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml:4: validation_fraction" in err
+    assert main(["route", str(tmp_path / "missing"), "hi"]) == 2
