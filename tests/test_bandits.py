@@ -209,3 +209,18 @@ def test_router_artifact_round_trip_and_feedback(
     policy.feedback_preference(q, first, second)
     with pytest.raises(BanditError, match="none of the router"):
         policy.choose(q, frozenset({"no-such-model"}))
+
+
+def test_bandit_takes_lambda_from_router_calibration(shared_data: Callable[[str], Path]) -> None:
+    from llmdispatch.data.splits import train_validation
+    from llmdispatch.policies.router import Router
+
+    table = load_table(shared_data("cascades9")).split("train")
+    fit, val = train_validation(table)
+    target = {"cost_per_query": 2e-4}
+    bandit = BanditRouter(warm_start="knn", calibrate=target).fit(fit, val)
+    router = Router(calibrate=target).fit(fit, val)
+    assert bandit.lam == router.lam_ > 0
+    assert bandit.calibration_["validation"]["met"] == 1.0
+    again = BanditRouter.from_state(bandit.get_state())
+    assert again.lam == bandit.lam and again.calibration_ == bandit.calibration_

@@ -91,6 +91,10 @@ class BanditRouter(Policy):
     gamma : discount of past statistics (1.0: stationary).
     prior_strength : ridge on the residual when warm (larger: trust the prior longer).
     budget_per_query : optional pacing cap in USD per request (exploration never exceeds it).
+    calibrate : a router calibration target (e.g. ``{"quality_fraction": 0.95}``): λ is taken
+        from a :class:`~llmdispatch.policies.router.Router` with the same estimator calibrated
+        on the validation table, so the bandit trades cost exactly as the offline router
+        does (both weigh cost by the largest per-model mean cost: the same unit-free λ).
     """
 
     knob_name: ClassVar[str] = "lambda"
@@ -113,6 +117,7 @@ class BanditRouter(Policy):
         prior_strength: float = 50.0,
         budget_per_query: float | None = None,
         seed: int = 0,
+        calibrate: dict[str, Any] | None = None,
     ) -> None:
         self.algorithm = algorithm
         self.warm_start = warm_start
@@ -129,6 +134,8 @@ class BanditRouter(Policy):
         self.prior_strength = prior_strength
         self.budget_per_query = budget_per_query
         self.seed = seed
+        self.calibrate = None if calibrate is None else dict(calibrate)
+        self.calibration_: dict[str, Any] = {}
         self._pending: OrderedDict[str, PendingDecision] = OrderedDict()
         self._store: LearnerStore | None = None
         self._store_name = ""
@@ -158,6 +165,18 @@ class BanditRouter(Policy):
             self.quality_encoder_ = enc
             self.estimator_ = est.fit(train, enc.encode(texts))
         self.estimator_columns_: tuple[int, ...] = tuple(range(len(self.models_)))
+        if self.calibrate is not None:
+            from llmdispatch.policies.router import Router
+
+            router = Router(
+                estimator=self.warm_start or "knn",
+                estimator_params=self.estimator_params,
+                encoder=self.encoder,
+                encoder_params=self.encoder_params,
+                calibrate=self.calibrate,
+            ).fit(train, validation)
+            self.lam = router.lam_
+            self.calibration_ = router.calibration_
         self.learner_ = self._new_learner(self.lam)
         return self
 
@@ -436,6 +455,7 @@ class BanditRouter(Policy):
             "prior_strength": self.prior_strength,
             "budget_per_query": self.budget_per_query,
             "seed": self.seed,
+            "calibrate": self.calibrate,
         }
 
     def get_state(self) -> dict[str, Any]:
@@ -453,6 +473,7 @@ class BanditRouter(Policy):
             ),
             "estimator": None if self.estimator_ is None else component_state(self.estimator_),
             "learner": self.learner_.get_state(),
+            "calibration": self.calibration_,
         }
 
     @classmethod
@@ -468,6 +489,7 @@ class BanditRouter(Policy):
         policy.quality_encoder_ = None if qe is None else restore(qe)
         policy.estimator_ = None if est is None else restore(est)
         policy.learner_ = LinearBandit.from_state(state["learner"])
+        policy.calibration_ = dict(state.get("calibration", {}))
         if list(policy.learner_.arms) != list(policy.models_):
             raise BanditError("bandit state: the learner's arms differ from the router's models")
         return policy

@@ -25,12 +25,13 @@ from llmdispatch.data.splits import train_validation
 from llmdispatch.data.table import OutcomeTable
 from llmdispatch.estimators.base import QualityEstimator
 from llmdispatch.features.base import Encoder
+from llmdispatch.features.cache import encode_with_cache
 from llmdispatch.policies.base import Attempt, AttemptResult, Candidate, Decisions, Plan, Policy
 from llmdispatch.policies.calibrate import CalibrationTarget, achieved, choose_lambda
 from llmdispatch.policies.costs import CostModel, card_fits
 from llmdispatch.query import Query
 from llmdispatch.registry import REGISTRY, register
-from llmdispatch.types import BoolMatrix, FloatMatrix, IntVector
+from llmdispatch.types import BoolMatrix, Features, FloatMatrix, IntVector
 
 #: Unit-free λ values swept offline: 0 (quality only) up to "cheapest model always".
 DEFAULT_LAMBDAS: tuple[float, ...] = (0.0, *np.geomspace(1e-3, 1e3, 61).round(6).tolist())
@@ -54,6 +55,8 @@ class Router(Policy):
         ``{"cost_per_query": 0.002}``; λ is chosen on the validation table passed to ``fit``
         (or a 25 % validation split of the training table when none is given).
     allow : only these models may be chosen (``None``: all).
+    cache_encodings : encode tables through the on-disk encoding cache (worth it for slow
+        encoders such as MiniLM, which ``bench`` would otherwise re-embed on every run).
     """
 
     knob_name: ClassVar[str] = "lambda"
@@ -68,6 +71,7 @@ class Router(Policy):
         lam: float | None = None,
         calibrate: CalibrationTarget | dict[str, Any] | None = None,
         allow: Sequence[str] | None = None,
+        cache_encodings: bool = False,
     ) -> None:
         self.estimator = estimator
         self.estimator_params = dict(estimator_params or {})
@@ -89,6 +93,7 @@ class Router(Policy):
             else CalibrationTarget.model_validate(calibrate)
         )
         self.allow = tuple(allow) if allow is not None else None
+        self.cache_encodings = cache_encodings
         # Fail early on unknown names, with the registry's list of known ones.
         REGISTRY.get("estimator", estimator)
         REGISTRY.get("encoder", encoder)
@@ -108,7 +113,7 @@ class Router(Policy):
         encoder: Encoder = REGISTRY.get("encoder", self.encoder)(**self.encoder_params)
         self.encoder_ = encoder.fit(texts)
         est: QualityEstimator = REGISTRY.get("estimator", self.estimator)(**self.estimator_params)
-        self.estimator_ = est.fit(train, self.encoder_.encode(texts))
+        self.estimator_ = est.fit(train, self._encode_texts(texts))
         self.models_ = tuple(train.models)
         if tuple(self.estimator_.models_) != self.models_:
             raise RouterError("the estimator's models differ from the training table's")
@@ -160,7 +165,12 @@ class Router(Policy):
         """``Q̂`` for every prompt of a table."""
         self._check_fitted()
         self._check_models(table.models)
-        return self.estimator_.predict(self.encoder_.encode(table.full_prompts()))
+        return self.estimator_.predict(self._encode_texts(table.full_prompts()))
+
+    def _encode_texts(self, texts: list[str]) -> Features:
+        if self.cache_encodings:
+            return encode_with_cache(self.encoder_, texts)
+        return self.encoder_.encode(texts)
 
     def quality(self, queries: Sequence[Query]) -> FloatMatrix:
         """``Q̂`` for live queries."""
@@ -274,6 +284,7 @@ class Router(Policy):
                 "lam": self.lam,
                 "calibrate": None if self.calibrate is None else self.calibrate.model_dump(),
                 "allow": None if self.allow is None else list(self.allow),
+                "cache_encodings": self.cache_encodings,
             },
             "label": self.label,
             "encoder": component_state(self.encoder_),
