@@ -174,10 +174,10 @@ class LinearHeads(_PerModelHeads):
 
     def __init__(
         self,
-        Cs: Sequence[float] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0),
+        Cs: Sequence[float] = (0.3, 1.0, 3.0, 10.0),
         validation_fraction: float = 0.2,
         random_state: int = 0,
-        max_iter: int = 300,
+        max_iter: int = 100,
     ) -> None:
         super().__init__(Cs, validation_fraction, random_state)
         self.Cs = Cs
@@ -186,11 +186,20 @@ class LinearHeads(_PerModelHeads):
     def _design_fit(self, X: Features) -> Features:
         check_int("max_iter", self.max_iter, 1)
         self.n_features_ = int(X.shape[1])
-        return l2_normalize(X)
+        # Hashed n-gram features have ~10⁶ columns, few of them ever seen: a column no
+        # training prompt has gets a zero weight anyway, so fit on the seen ones only.
+        if sp.issparse(X):
+            self.columns_ = np.unique(sp.csr_matrix(X).indices).astype(np.int64)
+        else:
+            self.columns_ = np.arange(self.n_features_, dtype=np.int64)
+        return self._design(X)
 
     def _design(self, X: Features) -> Features:
         check_n_features(X, self.n_features_)
-        return l2_normalize(X)
+        Xn = l2_normalize(X)
+        if sp.issparse(Xn):
+            return sp.csr_matrix(Xn)[:, self.columns_]
+        return np.asarray(Xn)[:, self.columns_]
 
     def _fit_head(self, X: Features, y: FloatVector, strength: float) -> Head:
         rows, labels, weights = soft_rows(y)
@@ -205,7 +214,7 @@ class LinearHeads(_PerModelHeads):
     def get_state(self) -> dict[str, Any]:
         """Coefficients of all heads as one (sparse when mostly zero) matrix."""
         self._check_fitted()
-        coef = np.zeros((len(self.heads_), self.n_features_))
+        coef = np.zeros((len(self.heads_), len(self.columns_)))
         intercept = np.zeros(len(self.heads_))
         constant = np.zeros(len(self.heads_), dtype=bool)
         for j, h in enumerate(self.heads_):
@@ -217,6 +226,7 @@ class LinearHeads(_PerModelHeads):
         return {
             "models": list(self.models_),
             "n_features": self.n_features_,
+            "columns": self.columns_,
             "coef": features_state(coef if dense else sp.csr_matrix(coef)),
             "intercept": intercept,
             "constant": constant,
@@ -229,8 +239,8 @@ class LinearHeads(_PerModelHeads):
         est = cls()
         est.models_ = tuple(state["models"])
         est.n_features_ = int(state["n_features"])
-        coef = features_from_state(state["coef"])
-        coef = as_dense(coef)
+        est.columns_ = np.asarray(state["columns"], dtype=np.int64)
+        coef = as_dense(features_from_state(state["coef"]))
         est.heads_ = [
             {"constant": float(b)} if c else {"coef": coef[j], "intercept": float(b)}
             for j, (b, c) in enumerate(zip(state["intercept"], state["constant"], strict=True))

@@ -1,0 +1,49 @@
+"""Benchmark routers: one :class:`~llmdispatch.policies.router.Router` per paradigm.
+
+Each is the default encoder (hashed n-gram TF-IDF) with one estimator, plus the kNN baseline
+on MiniLM embeddings (the strongest simple baseline on several sets, so every other router is
+compared with the tuned kNN, not a weak one). Hyper-parameters are the estimators' own
+validation-tuned defaults; nothing here is tuned on a test split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from llmdispatch.evaluation.suites import benchmark_policy
+from llmdispatch.policies.base import Policy
+from llmdispatch.policies.router import Router
+
+#: label → Router parameters.
+ROUTERS: dict[str, dict[str, Any]] = {
+    "knn": {"estimator": "knn"},
+    "knn-minilm": {"estimator": "knn", "encoder": "minilm", "cache_encodings": True},
+    "linear": {"estimator": "linear"},
+    "mlp": {"estimator": "mlp"},
+    "mf": {"estimator": "mf"},
+    "embedllm": {"estimator": "embedllm"},
+    "uniroute": {"estimator": "uniroute"},
+    "bradley-terry": {"estimator": "bradley-terry"},
+    "sw-ranking": {"estimator": "sw-ranking"},
+    "eagle": {"estimator": "eagle"},
+    "hybrid-llm": {"estimator": "hybrid-llm-prob"},
+}
+
+
+def router_factory(label: str, params: dict[str, Any]) -> Callable[[], Policy]:
+    """A zero-argument factory of an unfitted, labelled router."""
+
+    def factory() -> Policy:
+        router = Router(**params)
+        router.label = label
+        return router
+
+    factory.__doc__ = f"Router {label}: {params}."
+    return factory
+
+
+for _label, _params in ROUTERS.items():
+    benchmark_policy(f"router-{_label}", family="router")(
+        router_factory(f"router-{_label}", _params)
+    )

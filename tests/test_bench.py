@@ -1,0 +1,119 @@
+"""`bench` on the real shared data: references checked against a direct computation."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmdispatch.cli import main
+from llmdispatch.evaluation.bench import bench_dataset
+from llmdispatch.evaluation.suites import benchmark_entries
+
+SETS = ["cascades9", "routerbench-subset", "llmrouter-dc", "arena-hard-v1", "alpaca-eval"]
+
+
+def direct(folder: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Test-split score and cost matrices straight from the gz JSONL (no package code)."""
+    with gzip.open(folder / "outcomes.jsonl.gz", "rt") as fh:
+        records = [json.loads(line) for line in fh]
+    test = [r for r in records if r["split"] == "test"]
+    models = sorted({m for r in records for m in r["outcomes"]})
+    score = np.full((len(test), len(models)), np.nan)
+    cost = np.full((len(test), len(models)), np.nan)
+    for i, r in enumerate(test):
+        for j, m in enumerate(models):
+            o = r["outcomes"].get(m, {})
+            score[i, j] = o.get("score", np.nan)
+            cost[i, j] = o.get("cost_usd", np.nan)
+    return models, score, cost
+
+
+def brute_frontier(c: np.ndarray, q: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Best quality reachable at each cost by one point or a random mix of two."""
+    out = np.full(len(x), -np.inf)
+    for i in range(len(c)):
+        out = np.where(c[i] <= x, np.maximum(out, q[i]), out)
+        for j in range(len(c)):
+            if c[i] < c[j]:
+                t = (x - c[i]) / (c[j] - c[i])
+                mix = q[i] + t * (q[j] - q[i])
+                out = np.where((t >= 0) & (t <= 1), np.maximum(out, mix), out)
+    return out
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_references_match_direct_computation(name: str, shared_data: Callable[[str], Path]) -> None:
+    folder = shared_data(name)
+    models, score, cost = direct(folder)
+    entries = benchmark_entries(["zero-router", "oracle"])
+    result = bench_dataset(folder, entries, bootstrap=20)
+    order = [result.models.index(m) for m in models]
+    q_means = np.nanmean(score, axis=0)
+    c_means = np.nanmean(cost, axis=0)
+    np.testing.assert_allclose(result.refs.quality[order], q_means, rtol=1e-9)
+    np.testing.assert_allclose(result.refs.cost[order], c_means, rtol=1e-9)
+    # Zero router AIQ: brute-force frontier of the single models, integrated finely.
+    x = np.linspace(c_means.min(), c_means.max(), 20001)
+    y = brute_frontier(c_means, q_means, x)
+    aiq = float(np.trapezoid(y, x) / (x[-1] - x[0]))
+    assert result.zero["aiq"] == pytest.approx(aiq, abs=1e-6)
+    # The oracle point: per prompt the cheapest model with the best score.
+    oracle = next(p for p in result.policies if p.name == "oracle")
+    assert oracle.run is not None
+    best = np.nanmax(score, axis=1)
+    cheapest_best = np.where(score == best[:, None], cost, np.inf).min(axis=1)
+    assert oracle.run.mean_quality[0] == pytest.approx(best.mean())
+    assert oracle.run.mean_cost[0] == pytest.approx(cheapest_best.mean())
+    # Oracle AIQ from its own frontier, anchored at the cheapest model (module convention).
+    j = int(np.argmin(c_means))
+    oc = np.append(oracle.run.mean_cost, c_means[j])
+    oq = np.append(oracle.run.mean_quality, q_means[j])
+    y = brute_frontier(oc, oq, x)
+    assert oracle.metrics["aiq"] == pytest.approx(
+        float(np.trapezoid(y, x) / (x[-1] - x[0])), abs=1e-4
+    )
+    zero = next(p for p in result.policies if p.name == "zero-router")
+    assert zero.metrics["aiq"] <= result.zero["aiq"] + 0.02
+
+
+def test_bench_command_writes_report_json_and_plot(
+    tmp_path: Path, shared_data: Callable[[str], Path]
+) -> None:
+    folder = shared_data("arena-hard-v1")
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "bench",
+            str(folder),
+            "--policies",
+            "zero-router",
+            "random",
+            "oracle",
+            "router-knn",
+            "--bootstrap",
+            "30",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    report = (out / "report.md").read_text()
+    assert "## arena-hard-v1" in report and "router-knn" in report and "AIQ(log)" in report
+    doc = json.loads((out / "results.json").read_text())
+    knn = next(p for p in doc[0]["policies"] if p["name"] == "router-knn")
+    assert len(knn["curve"]["cost"]) == len(knn["curve"]["quality"]) > 10
+    assert knn["ci"]["aiq"][0] <= knn["metrics"]["aiq"] <= knn["ci"]["aiq"][1]
+    png = out / "arena-hard-v1.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_bench_errors_are_clear(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "no-such-set", "--out", "/tmp/unused"]) == 2
+    assert "no data set 'no-such-set'" in capsys.readouterr().err
+    assert main(["bench", "--policies", "nope"]) == 2
+    assert "unknown benchmark-policy 'nope'" in capsys.readouterr().err
