@@ -67,6 +67,9 @@ class Attempt:
     messages: tuple[dict[str, Any], ...] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
+    #: The policy's estimates for this call, when it has them (shown in response headers).
+    quality: float | None = None
+    cost: float | None = None
 
 
 @dataclass(frozen=True)

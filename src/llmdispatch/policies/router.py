@@ -267,6 +267,8 @@ class Router(Policy):
         result = yield Attempt(
             model=plan.choice,
             reason=f"router: Q={best.quality:.3f}, cost≈${best.cost:.6f}, λ={self.lam_:g}",
+            quality=best.quality,
+            cost=best.cost,
         )
         return result.model
 

@@ -1,0 +1,105 @@
+"""``llmdispatch serve``, ``serve-replay`` and ``keys``: run the gateway and its helpers."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Add ``serve``, ``serve-replay`` and ``keys``."""
+    p = subparsers.add_parser(
+        "serve",
+        help="run the OpenAI-compatible gateway",
+        description="Serve trained policies behind /v1/chat/completions (uvicorn).",
+    )
+    p.add_argument("config", type=Path, help="gateway YAML config")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--log-level", default="warning")
+    p.set_defaults(func=run_serve)
+
+    r = subparsers.add_parser(
+        "serve-replay",
+        help="serve an outcome table as an OpenAI-compatible upstream (tests, demo, benchmarks)",
+        description="Answer chat completions with the recorded responses of a data set.",
+    )
+    r.add_argument("data", help="data-set name or path")
+    r.add_argument("--host", default="127.0.0.1")
+    r.add_argument("--port", type=int, default=9000)
+    r.add_argument("--workers", type=int, default=1)
+    r.add_argument("--delay-ms", type=float, default=0.0, help="fixed delay per answer")
+    r.add_argument("--use-latency", action="store_true", help="sleep the recorded latency")
+    r.add_argument("--fail-rate", type=float, default=0.0, help="share of injected failures")
+    r.add_argument("--fail-status", type=int, default=500)
+    r.add_argument("--log-level", default="warning")
+    r.set_defaults(func=run_replay)
+
+    k = subparsers.add_parser("keys", help="API key helpers")
+    ksub = k.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    h = ksub.add_parser("hash", help="print the stored form of a key for the config")
+    h.add_argument("secret")
+    h.set_defaults(func=run_hash)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Validate the config, then hand it to uvicorn."""
+    import uvicorn
+
+    from llmdispatch.gateway.app import CONFIG_ENV, create_app
+    from llmdispatch.gateway.config import load_config
+
+    cfg = load_config(args.config)  # fail fast with line-precise errors
+    if args.workers > 1:
+        os.environ[CONFIG_ENV] = str(args.config.resolve())
+        uvicorn.run(
+            "llmdispatch.gateway.app:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+        )
+    else:
+        uvicorn.run(create_app(cfg), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """Serve a table's recorded answers."""
+    import uvicorn
+
+    from llmdispatch.data import load_table
+    from llmdispatch.gateway.replay_server import Faults, build_replay_app
+
+    faults = Faults(
+        fail_rate=args.fail_rate,
+        fail_status=args.fail_status,
+        delay_ms=args.delay_ms,
+        use_latency=args.use_latency,
+    )
+    if args.workers > 1:
+        os.environ["LLMDISPATCH_REPLAY"] = f"{args.data}|{args.delay_ms}|{int(args.use_latency)}"
+        uvicorn.run(
+            "llmdispatch.gateway.replay_server:replay_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+        )
+        return 0
+    app = build_replay_app(load_table(args.data), faults)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def run_hash(args: argparse.Namespace) -> int:
+    """Print ``sha256:<hex>``."""
+    from llmdispatch.gateway.auth import hash_api_key
+
+    print(hash_api_key(args.secret))
+    return 0
