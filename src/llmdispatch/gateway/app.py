@@ -61,8 +61,12 @@ def error_response(status: int, message: str, kind: str, headers: dict[str, str]
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
-def build_query(body: dict[str, Any], session: str | None) -> Query:
-    """The routing view of a chat request: text, modalities, turns, user."""
+def build_query(body: dict[str, Any], session: str | None, task: str | None = None) -> Query:
+    """The routing view of a chat request: text, modalities, turns, user.
+
+    ``task`` (header ``x-llmdispatch-task``) names the request's benchmark or task label, so
+    signals calibrated per label (e.g. per data set in ``cascades9``) use that calibrator.
+    """
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise GatewayError(400, "'messages' must be a non-empty list")
@@ -101,6 +105,7 @@ def build_query(body: dict[str, Any], session: str | None) -> Query:
         modalities=frozenset(modalities),
         turns=max(turns, 1),
         user=session,
+        metadata={"dataset": task} if task else {},
     )
 
 
@@ -277,6 +282,8 @@ class Gateway:
             try:
                 attempt = next(flow)
             except (ValueError, RuntimeError) as exc:  # no allowed model for this request
+                if last_error is not None:
+                    break  # what is left cannot answer: report the upstream failure
                 raise GatewayError(503, str(exc), "service_unavailable") from exc
             self._note_first(trace, attempt)
             while True:
@@ -424,7 +431,7 @@ def create_app(cfg: GatewayConfig) -> Starlette:
                             **{"retry-after": str(int(wait) + 1)},
                         )
             session = request.headers.get("x-session-id") or body.get("user")
-            query = build_query(body, session)
+            query = build_query(body, session, request.headers.get("x-llmdispatch-task"))
             allowed = await allowed_models(key)
             trace = Trace(rid, pname, key)
             if policy is not None and session:

@@ -74,3 +74,6 @@ def check_rights(key: KeyInfo | None, policy: str | None, model: str | None) -> 
         raise AuthError(403, f"key {key.id!r} may not use policy {policy!r}")
     if model is not None and key.models is not None and model not in key.models:
         raise AuthError(403, f"key {key.id!r} may not use model {model!r}")
+    if policy is None and model is not None and key.models is None and key.policies is not None:
+        allowed = ", ".join(sorted(key.policies))
+        raise AuthError(403, f"key {key.id!r} may only use the policies {allowed}")

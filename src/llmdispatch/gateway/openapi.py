@@ -126,6 +126,22 @@ def openapi_document() -> dict[str, Any]:
             "/v1/chat/completions": {
                 "post": {
                     "summary": "Chat completion, routed by a policy or passed through",
+                    "parameters": [
+                        {
+                            "name": "x-llmdispatch-task",
+                            "in": "header",
+                            "required": False,
+                            "description": "Task label for per-task signal calibration",
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "x-session-id",
+                            "in": "header",
+                            "required": False,
+                            "description": "Conversation key for session affinity",
+                            "schema": {"type": "string"},
+                        },
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": chat_request}},
