@@ -407,6 +407,8 @@ def create_app(cfg: GatewayConfig) -> Starlette:
 
     async def chat(request: Request) -> Response:
         rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        trace = Trace(rid, "", None)
+        query = Query(text="")
         try:
             key = gw.keys.authenticate(request.headers.get("authorization"))
             try:
@@ -415,7 +417,9 @@ def create_app(cfg: GatewayConfig) -> Starlette:
                 raise GatewayError(400, "request body is not valid JSON") from None
             if not isinstance(body, dict):
                 raise GatewayError(400, "request body must be a JSON object")
+            trace.key = key
             policy, pname, target = await resolve(body, key)
+            trace.policy = pname
             for scope_key, limit in (
                 (f"key:{key.id}" if key else None, key.requests_per_minute if key else None),
                 ("global", cfg.budgets.requests_per_minute),
@@ -432,8 +436,8 @@ def create_app(cfg: GatewayConfig) -> Starlette:
                         )
             session = request.headers.get("x-session-id") or body.get("user")
             query = build_query(body, session, request.headers.get("x-llmdispatch-task"))
+            query.metadata["request_id"] = rid  # online learners key feedback by it
             allowed = await allowed_models(key)
-            trace = Trace(rid, pname, key)
             if policy is not None and session:
                 pinned = await gw.state.affinity(str(session))
                 if pinned in allowed:
@@ -442,10 +446,12 @@ def create_app(cfg: GatewayConfig) -> Starlette:
                 return await stream(body, policy, target, query, allowed, trace, session)
             model, answer = await gw.run_policy(policy, query, allowed, body, trace, target)
         except AuthError as exc:
+            finish(trace, "", None, query, exc.status, str(exc), 0)
             return error_response(exc.status, str(exc), "authentication_error", {})
         except GatewayError as exc:
             if exc.status == 429:
                 gw.metrics.rate_limited.labels("budget").inc()
+            finish(trace, "", None, query, exc.status, str(exc), 0)
             return oops(exc)
         if session and policy is not None:
             await gw.state.pin(str(session), model, AFFINITY_TTL_S)
@@ -469,7 +475,8 @@ def create_app(cfg: GatewayConfig) -> Starlette:
     ) -> None:
         seconds = time.perf_counter() - trace.started
         gw.metrics.requests.labels(trace.policy, model, str(status)).inc()
-        gw.metrics.latency.labels(model).observe(seconds)
+        if model:
+            gw.metrics.latency.labels(model).observe(seconds)
         if trace.first_model:
             gw.metrics.decisions.labels(trace.policy, trace.first_model).inc()
         if rungs > 1:
@@ -489,7 +496,7 @@ def create_app(cfg: GatewayConfig) -> Starlette:
                 "created": time.time(),
                 "key_id": trace.key.id if trace.key else None,
                 "policy": trace.policy,
-                "model": model,
+                "model": model or None,
                 "attempts": trace.attempts,
                 "system": system if cfg.log_prompts and isinstance(system, str) else None,
                 "prompt": prompt if cfg.log_prompts else None,
