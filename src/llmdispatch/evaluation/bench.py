@@ -153,7 +153,7 @@ def bench_dataset(
         for lab, m in masks.items():
             sub = run.columns(m)
             point = curve_metrics(sub.mean_cost, sub.mean_quality, label_refs[lab])
-            s = metric_samples(sub, label_ref_samples[lab], label_rs[lab])
+            s = metric_samples(sub, label_ref_samples[lab], label_rs[lab], aiq_only=True)
             label_samples[entry.name][lab] = s
             res.labels[lab] = {"metrics": point, "ci": {"aiq": interval(s["aiq"])}}
     _comparisons(results, samples, zero_aiq, zero, label_samples, masks, label_ref_samples)

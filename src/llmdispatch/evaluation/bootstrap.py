@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmdispatch.data.table import OutcomeTable
-from llmdispatch.evaluation.metrics import References, curve_metrics, gap_closed
+from llmdispatch.evaluation.metrics import References, aiq, curve_metrics, gap_closed
 from llmdispatch.evaluation.replay import PolicyRun
 from llmdispatch.types import FloatMatrix
 
@@ -59,10 +59,14 @@ def references_samples(table: OutcomeTable, rs: Resamples) -> list[References]:
     return [References(table.models, c[i], q[i]) for i in range(rs.b)]
 
 
-def metric_samples(run: PolicyRun, refs: list[References], rs: Resamples) -> dict[str, np.ndarray]:
-    """Every metric of ``run`` on every resample: name → (B,)."""
+def metric_samples(
+    run: PolicyRun, refs: list[References], rs: Resamples, *, aiq_only: bool = False
+) -> dict[str, np.ndarray]:
+    """Every metric of ``run`` (or only AIQ) on every resample: name → (B,)."""
     q = rs.means(run.quality)
     c = rs.means(run.cost)
+    if aiq_only:
+        return {"aiq": np.array([aiq(c[i], q[i], refs[i]) for i in range(rs.b)])}
     rows = [curve_metrics(c[i], q[i], refs[i]) for i in range(rs.b)]
     return {k: np.array([r[k] for r in rows]) for k in rows[0]}
 
@@ -72,7 +76,7 @@ def zero_samples(refs: list[References]) -> np.ndarray:
     out = []
     for r in refs:
         hull = r.zero_hull()
-        out.append(curve_metrics(hull.cost, hull.quality, r)["aiq"])
+        out.append(aiq(hull.cost, hull.quality, r))
     return np.array(out)
 
 

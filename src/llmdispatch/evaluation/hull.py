@@ -77,7 +77,7 @@ def nondecreasing_hull(cost: FloatVector, quality: FloatVector) -> Hull:
     return Hull(np.array(hc), np.array(hq))
 
 
-def area(hull: Hull, lo: float, hi: float, *, log: bool = False, samples: int = 512) -> float:
+def area(hull: Hull, lo: float, hi: float, *, log: bool = False, samples: int = 256) -> float:
     """Mean frontier quality over ``[lo, hi]`` (over ``log10`` cost when ``log``).
 
     Linear: exact trapezoids over the vertices (the frontier is piecewise linear in cost).
@@ -86,19 +86,22 @@ def area(hull: Hull, lo: float, hi: float, *, log: bool = False, samples: int = 
     """
     if not hi > lo:
         raise ValueError(f"empty cost range [{lo}, {hi}]")
+    first = hull.cost[0]
     if log:
         if lo <= 0:
             raise ValueError("log-cost area needs positive costs")
         x = np.linspace(np.log10(lo), np.log10(hi), samples)
-        y = np.nan_to_num(hull.at(10.0**x), nan=0.0)
+        c = 10.0**x
+        y = np.where(c < first, 0.0, np.interp(c, hull.cost, hull.quality))
         return float(np.trapezoid(y, x) / (x[-1] - x[0]))
     inner = hull.cost[(hull.cost > lo) & (hull.cost < hi)]
     x = np.concatenate([[lo], inner, [hi]])
-    # A vertex exactly at a boundary is included by interp; a jump from NaN needs both sides.
-    y = np.nan_to_num(hull.at(x), nan=0.0)
-    first = hull.cost[0]
-    if lo < first < hi:
-        x = np.concatenate([x[x < first], [first, first], x[x > first]])
-        y = np.nan_to_num(hull.at(x), nan=0.0)
-        y[np.flatnonzero(x == first)[0]] = 0.0
+    y = np.interp(x, hull.cost, hull.quality)
+    if first > lo:
+        # Zero below the first vertex, then a jump to its quality at ``first``.
+        y = np.where(x < first, 0.0, y)
+        if first < hi:
+            k = int(np.searchsorted(x, first))
+            x = np.insert(x, k, first)
+            y = np.insert(y, k, 0.0)
     return float(np.trapezoid(y, x) / (hi - lo))

@@ -108,6 +108,13 @@ def arena_score(accuracy: float, cost_per_query: float) -> float:
     return float((1 + ARENA_BETA) * accuracy * cost_score / den) if den > 0 else 0.0
 
 
+def aiq(cost: FloatVector, quality: FloatVector, refs: References) -> float:
+    """AIQ alone (see :func:`curve_metrics`): what the per-benchmark intervals need."""
+    hull = frontier(cost, quality, refs)
+    lo, hi = refs.c_min, refs.c_max
+    return area(hull, lo, hi) if hi > lo else float(hull.at(hi)[0])
+
+
 def curve_metrics(cost: FloatVector, quality: FloatVector, refs: References) -> dict[str, float]:
     """Headline figures of one curve.
 
@@ -127,17 +134,30 @@ def curve_metrics(cost: FloatVector, quality: FloatVector, refs: References) -> 
         out["aiq_log"] = area(hull, lo, hi, log=True) if lo > 0 else float("nan")
     else:
         out["aiq"] = out["aiq_log"] = float(hull.at(hi)[0])
-    for f in COST_FRACTIONS:
-        out[f"q@{round(f * 100)}"] = float(hull.at(f * hi)[0])
-    q_best, c_best = float(refs.quality[refs.best]), float(refs.cost[refs.best])
+    at = hull.at(np.array(COST_FRACTIONS) * hi)
+    for f, value in zip(COST_FRACTIONS, at, strict=True):
+        out[f"q@{round(f * 100)}"] = float(value)
+    best = refs.best
+    q_best, c_best = float(refs.quality[best]), float(refs.cost[best])
     out["cost_to_best"] = hull.cost_to_reach(q_best) / c_best if c_best > 0 else float("nan")
     out["cost_to_95"] = hull.cost_to_reach(0.95 * q_best) / c_best if c_best > 0 else float("nan")
     c = np.asarray(cost, np.float64)
     q = np.asarray(quality, np.float64)
-    out["arena"] = max(arena_score(float(qi), float(ci)) for qi, ci in zip(q, c, strict=True))
+    out["arena"] = float(arena_scores(q, c).max())
     k = int(np.argmax(q))
     out["q_max"], out["c_at_q_max"] = float(q[k]), float(c[k])
     return out
+
+
+def arena_scores(accuracy: FloatVector, cost_per_query: FloatVector) -> FloatVector:
+    """:func:`arena_score` for many points at once."""
+    c = np.clip(np.asarray(cost_per_query, np.float64) * 1000.0, ARENA_C_MIN, ARENA_C_MAX)
+    top = math.log2(ARENA_C_MAX)
+    cost_score = (top - np.log2(c)) / (top - math.log2(ARENA_C_MIN))
+    a = np.asarray(accuracy, np.float64)
+    den = ARENA_BETA * a + cost_score
+    safe = np.where(den > 0, den, 1.0)
+    return np.asarray(np.where(den > 0, (1 + ARENA_BETA) * a * cost_score / safe, 0.0))
 
 
 def gap_closed(aiq: float, aiq_zero: float, aiq_oracle: float) -> float:
