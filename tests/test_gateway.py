@@ -298,9 +298,12 @@ def test_keys_budgets_and_rate_limits(
             s.chat.completions.create(model="llama3.2-1b", messages=messages)
 
 
-def test_demo_command_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_command_runs_end_to_end(
+    capsys: pytest.CaptureFixture[str], shared_data: Callable[[str], Path]
+) -> None:
     from llmdispatch.cli import main
 
-    assert main(["demo", "--limit", "40", "--concurrency", "8"]) == 0
+    data = str(shared_data("cascades9"))
+    assert main(["demo", "--data", data, "--limit", "40", "--concurrency", "8"]) == 0
     out = capsys.readouterr().out
     assert "router" in out and "cascade" in out and "vs best" in out
