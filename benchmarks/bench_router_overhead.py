@@ -64,6 +64,9 @@ def main() -> None:
     ap.add_argument("--minilm-routers", nargs="+", default=["knn"])
     ap.add_argument("--out", type=Path, default=Path("results"))
     args = ap.parse_args()
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # as the gateway runs: one BLAS thread per worker
 
     table = load_table(args.data)
     train, test = table.split("train"), table.split("test")

@@ -7,8 +7,11 @@ adding one class with ``@register(kind, name)``.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 KINDS = ("encoder", "estimator", "signal", "policy", "benchmark-policy")
@@ -24,6 +27,7 @@ BUILTIN_PACKAGES = (
 )
 
 T = TypeVar("T")
+_DECORATOR = re.compile(r'@register\(\s*"([\w-]+)",\s*"([\w.-]+)"\s*\)')
 
 
 class UnknownComponentError(KeyError):
@@ -58,13 +62,41 @@ class Registry:
         return deco
 
     def get(self, kind: str, name: str) -> Any:
-        """The component registered as ``(kind, name)``; a clear error lists the others."""
-        self.load_builtins()
+        """The component registered as ``(kind, name)``; a clear error lists the others.
+
+        A built-in component is imported alone, found through an index of the built-in
+        modules' ``@register`` decorators (read as text, nothing imported): a process that
+        serves one router does not pay for every estimator's dependencies.
+        """
+        if name not in self._items.get(kind, {}) and not self._builtins_loaded:
+            module = self._index().get((kind, name))
+            if module is not None:
+                importlib.import_module(module)
+        if name not in self._items.get(kind, {}):
+            self.load_builtins()
         try:
             return self._items[kind][name]
         except KeyError:
             known = ", ".join(sorted(self._items.get(kind, {}))) or "(none)"
             raise UnknownComponentError(f"unknown {kind} {name!r}; known: {known}") from None
+
+    def _index(self) -> dict[tuple[str, str], str]:
+        """``(kind, name)`` → module of the built-in packages, from their source text."""
+        index: dict[tuple[str, str], str] | None = getattr(self, "_index_cache", None)
+        if index is not None:
+            return index
+        index = {}
+        for package in BUILTIN_PACKAGES:
+            spec = importlib.util.find_spec(package)
+            if spec is None or not spec.submodule_search_locations:
+                continue
+            for folder in spec.submodule_search_locations:
+                for path in sorted(Path(folder).glob("*.py")):
+                    text = path.read_text(encoding="utf-8")
+                    for kind, name in _DECORATOR.findall(text):
+                        index.setdefault((kind, name), f"{package}.{path.stem}")
+        self._index_cache = index
+        return index
 
     def names(self, kind: str) -> list[str]:
         """Registered names of one kind, sorted."""

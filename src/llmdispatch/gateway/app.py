@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.applications import Starlette
@@ -30,12 +30,14 @@ from llmdispatch.gateway.config import GatewayConfig
 from llmdispatch.gateway.metrics import GatewayMetrics
 from llmdispatch.gateway.openapi import openapi_document
 from llmdispatch.gateway.providers import CallResult, Provider, UpstreamError, make_client
-from llmdispatch.gateway.requestlog import RequestLog
 from llmdispatch.gateway.state import BudgetExceeded, GatewayState, Scope, make_state
 from llmdispatch.policies.bandit import BanditRouter, UnknownRequestError
 from llmdispatch.policies.base import Attempt, AttemptResult, Policy
 from llmdispatch.policies.router import Router
 from llmdispatch.query import Query
+
+if TYPE_CHECKING:
+    from llmdispatch.gateway.requestlog import RequestLog
 
 PREFIX = "llmdispatch/"
 AFFINITY_TTL_S = 3600.0
@@ -157,6 +159,12 @@ class Gateway:
     """The service: configuration, providers, policies, state, log and metrics."""
 
     def __init__(self, cfg: GatewayConfig) -> None:
+        from threadpoolctl import threadpool_limits
+
+        # One BLAS thread per worker: a router's per-request matrix-vector products are tiny,
+        # and OpenBLAS spinning up threads for them costs 100× the product on a busy machine.
+        # Concurrency comes from the event loop and from workers, not from BLAS.
+        threadpool_limits(1)
         self.cfg = cfg
         self.cards = {name: ep.card(name) for name, ep in cfg.models.items()}
         self.client = make_client()
@@ -182,7 +190,11 @@ class Gateway:
             for name, policy in self.policies.items():
                 if isinstance(policy, BanditRouter):
                     policy.attach_store(store, f"{cfg.state_prefix}:{name}")
-        self.log = RequestLog(cfg.database) if cfg.database else None
+        self.log: RequestLog | None = None
+        if cfg.database:
+            from llmdispatch.gateway.requestlog import RequestLog  # SQLAlchemy only when used
+
+            self.log = RequestLog(cfg.database)
         self.metrics = GatewayMetrics()
         self.keys = KeyRing(cfg.keys)
 

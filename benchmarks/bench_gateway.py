@@ -1,0 +1,527 @@
+"""Gateway overhead and throughput, side by side with LiteLLM's proxy, in one run.
+
+    .venv/bin/python benchmarks/bench_gateway.py [--quick] [--out results]
+        [--litellm-version 1.106.0] [--no-litellm]
+
+One upstream for everyone: the replay provider (``llmdispatch serve-replay``, recorded
+answers of ``cascades9``) on loopback. Then, each in its own process and one after another:
+
+* llmdispatch's gateway with a pass-through model, the default router (hashed TF-IDF +
+  kNN) and a two-rung cascade, on one worker and on two;
+* LiteLLM's proxy (installed by this script into ``.bench/litellm``, its own virtual
+  environment) with the same models: pass-through, and a simple routing setup (a model group
+  with fallbacks), on one worker and on two.
+
+Load comes from ``benchmarks/loadgen.py`` in a separate process (raw keep-alive HTTP/1.1,
+bounded in count and time). *Added latency* is measured by interleaving batches sent
+directly to the upstream and through the proxy under test, at concurrency 1, 16 and 64,
+and comparing percentiles; *time to first token* likewise with streaming requests;
+*throughput* is requests/s at saturation with zero errors; *memory* is the resident size of
+the proxy's processes at rest and after the load, and of a loaded router artifact.
+Writes ``OUT/performance/performance.json`` and ``docs/performance.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+LOADGEN = ROOT / "benchmarks" / "loadgen.py"
+DATA = "cascades9"
+
+
+def free_port() -> int:
+    """A free loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mib(pid: int) -> float:
+    """Resident size of a process and its children, in MiB (from /proc)."""
+    total = 0
+    pids = [pid]
+    try:
+        children = subprocess.run(
+            ["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+@contextmanager
+def process(cmd: list[str], url: str, env: dict[str, str] | None = None, ready: str = "") -> Any:
+    """Start a server process, wait until ``url + ready`` answers, stop it afterwards."""
+    log = tempfile.NamedTemporaryFile("w+", delete=False, suffix=".log")  # noqa: SIM115
+    proc = subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                r = httpx.get(url + ready, timeout=2)
+                if r.status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                log.seek(0)
+                raise RuntimeError(f"{cmd[0]} did not start:\n{log.read()[-3000:]}")
+            time.sleep(0.25)
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+        os.unlink(log.name)
+
+
+def load(
+    url: str,
+    bodies: Path,
+    concurrency: int,
+    requests: int,
+    seconds: float,
+    headers: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run the load generator in its own process; its JSON summary."""
+    cmd = [
+        sys.executable,
+        str(LOADGEN),
+        "--url",
+        url,
+        "--body",
+        str(bodies),
+        "--concurrency",
+        str(concurrency),
+        "--requests",
+        str(requests),
+        "--max-seconds",
+        str(seconds),
+    ]
+    for h in headers or []:
+        cmd += ["--header", h]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 120)
+    return dict(json.loads(out.stdout))
+
+
+def ensure_litellm(version: str) -> Path | None:
+    """LiteLLM's proxy in its own virtual environment (installed on first use)."""
+    venv = ROOT / ".bench" / "litellm"
+    exe = venv / "bin" / "litellm"
+    if exe.exists():
+        return exe
+    print(f"installing litellm[proxy]=={version} into {venv} …", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    r = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", f"litellm[proxy]=={version}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if r.returncode != 0 or not exe.exists():
+        print(f"could not install LiteLLM: {r.stderr[-1500:]}")
+        return None
+    return exe
+
+
+def bodies(folder: Path, prompts: list[str], model: str, stream: bool) -> Path:
+    """A JSON list of chat bodies cycling through recorded prompts."""
+    docs = [
+        {"model": model, "messages": [{"role": "user", "content": p}], "stream": stream}
+        for p in prompts
+    ]
+    path = folder / f"{model.replace('/', '_')}-{int(stream)}.json"
+    path.write_text(json.dumps(docs))
+    return path
+
+
+def added_latency(
+    direct_url: str,
+    proxy_url: str,
+    direct_body: Path,
+    proxy_body: Path,
+    conc: int,
+    n: int,
+    rounds: int,
+    headers: list[str] | None = None,
+) -> dict[str, Any]:
+    """Interleaved batches direct vs through the proxy; percentile differences in ms."""
+    d_lat: list[float] = []
+    p_lat: list[float] = []
+    d_ttft: list[float] = []
+    p_ttft: list[float] = []
+    errors = 0
+    for _ in range(rounds):
+        d = load(direct_url, direct_body, conc, n, 60)
+        p = load(proxy_url, proxy_body, conc, n, 60, headers)
+        errors += sum(p["errors"].values()) + sum(d["errors"].values())
+        d_lat += d["latencies_ms"]
+        p_lat += p["latencies_ms"]
+        if d["ttft_p50_ms"] is not None:
+            d_ttft.append(d["ttft_p50_ms"])
+            p_ttft.append(p["ttft_p50_ms"])
+    out: dict[str, Any] = {"concurrency": conc, "requests": len(p_lat), "errors": errors}
+    for q in (50, 90, 99):
+        dq, pq = float(np.percentile(d_lat, q)), float(np.percentile(p_lat, q))
+        out[f"direct_p{q}_ms"], out[f"proxy_p{q}_ms"] = dq, pq
+        out[f"added_p{q}_ms"] = pq - dq
+    if p_ttft:
+        out["ttft_added_ms"] = float(np.median(p_ttft) - np.median(d_ttft))
+    return out
+
+
+def saturation(
+    url: str, body: Path, seconds: float, headers: list[str] | None = None
+) -> dict[str, Any]:
+    """Requests/s at rising concurrency; the best rate with zero errors."""
+    best: dict[str, Any] = {"rps": 0.0, "concurrency": 0}
+    runs = []
+    for conc in (16, 64, 128):
+        r = load(url, body, conc, 10**7, seconds, headers)
+        errs = sum(r["errors"].values())
+        runs.append({"concurrency": conc, "rps": r["rps"], "errors": errs, "p99_ms": r["p99_ms"]})
+        if errs == 0 and r["rps"] > best["rps"]:
+            best = {"rps": r["rps"], "concurrency": conc}
+    return {"best": best, "runs": runs}
+
+
+def train_artifacts(folder: Path) -> dict[str, Path]:
+    """The default router and a two-rung cascade on the cascades9 train split."""
+    from llmdispatch.artifacts import save_artifact
+    from llmdispatch.data import load_table
+    from llmdispatch.policies.cascade import Cascade
+    from llmdispatch.policies.router import Router
+
+    table = load_table(DATA)
+    train = table.split("train")
+    router = Router(lam=0.1).fit(train)
+    cascade = Cascade(rungs=["gpt-4o-mini", "gpt-4o"], thresholds=[0.7]).fit(train)
+    paths = {"router": folder / "router", "cascade": folder / "cascade"}
+    save_artifact(paths["router"], router)
+    save_artifact(paths["cascade"], cascade)
+    return paths
+
+
+def artifact_rss(path: Path) -> float:
+    """Resident MiB a fresh interpreter adds by loading the artifact."""
+    code = (
+        "import os,gc;from pathlib import Path\n"
+        "def rss():\n"
+        " s = open('/proc/self/status').read()\n"
+        " return int(s.split('VmRSS:')[1].split()[0])\n"
+        "import llmdispatch.artifacts as a, llmdispatch.registry as r; r.REGISTRY.load_builtins()\n"
+        "b=rss(); p,_=a.load_artifact(Path(os.environ['A'])); gc.collect(); print((rss()-b)/1024)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "A": str(path)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout.strip())
+
+
+def main() -> None:
+    """Run everything and write the report."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "results")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds and shorter runs")
+    ap.add_argument("--no-litellm", action="store_true")
+    ap.add_argument("--litellm-version", default="1.106.0")
+    args = ap.parse_args()
+    rounds, n1, sat_s = (2, 150, 5.0) if args.quick else (4, 300, 10.0)
+
+    from llmdispatch.data import load_table
+
+    table = load_table(DATA)
+    test = table.split("test")
+    prompts = [str(p) for p in test.prompts[:200]]
+    work = Path(tempfile.mkdtemp(prefix="llmd-perf-"))
+    arts = train_artifacts(work)
+    up_port = free_port()
+    upstream = f"http://127.0.0.1:{up_port}"
+    results: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Linux "
+        f"{platform.release()}, Python {platform.python_version()}",
+        "upstream": "llmdispatch serve-replay cascades9 (2 workers)",
+        "proxies": {},
+    }
+    results["router_artifact_rss_mib"] = artifact_rss(arts["router"])
+    litellm = None if args.no_litellm else ensure_litellm(args.litellm_version)
+    models = ["gpt-4o-mini", "gpt-4o", "llama3.1-70b", "llama3.1-8b"]
+    with process(
+        [str(BIN / "llmdispatch"), "serve-replay", DATA, "--port", str(up_port), "--workers", "2"],
+        upstream,
+        ready="/v1/models",
+    ):
+        direct = upstream + "/v1/chat/completions"
+        direct_body = bodies(work, prompts, "gpt-4o-mini", False)
+        direct_stream = bodies(work, prompts, "gpt-4o-mini", True)
+        results["upstream_alone"] = saturation(direct, direct_body, sat_s)
+        cfg = {
+            "models": {
+                m: {
+                    "base_url": upstream + "/v1",
+                    "price_in_per_mtok": table.card(m).price_in_per_mtok,
+                    "price_out_per_mtok": table.card(m).price_out_per_mtok,
+                }
+                for m in table.models
+            },
+            "policies": {
+                "router": {"artifact": str(arts["router"])},
+                "cascade": {"artifact": str(arts["cascade"])},
+            },
+            "default_policy": "router",
+        }
+        (work / "gw.yaml").write_text(yaml.safe_dump(cfg))
+        setups: list[tuple[str, list[str], str, dict[str, str], dict[str, str]]] = []
+        for workers in (1, 2):
+            gport = free_port()
+            setups.append(
+                (
+                    f"llmdispatch ({workers} worker{'s' * (workers > 1)})",
+                    [
+                        str(BIN / "llmdispatch"),
+                        "serve",
+                        str(work / "gw.yaml"),
+                        "--port",
+                        str(gport),
+                        "--workers",
+                        str(workers),
+                    ],
+                    f"http://127.0.0.1:{gport}",
+                    {
+                        "pass-through": "gpt-4o-mini",
+                        "router": "llmdispatch/router",
+                        "cascade (2 rungs)": "llmdispatch/cascade",
+                    },
+                    {},
+                )
+            )
+        if litellm is not None:
+            lcfg = {
+                "model_list": [
+                    {
+                        "model_name": m,
+                        "litellm_params": {
+                            "model": f"openai/{m}",
+                            "api_base": upstream + "/v1",
+                            "api_key": "unused",
+                        },
+                    }
+                    for m in models
+                ]
+                + [
+                    {
+                        "model_name": "routed",
+                        "litellm_params": {
+                            "model": f"openai/{m}",
+                            "api_base": upstream + "/v1",
+                            "api_key": "unused",
+                        },
+                    }
+                    for m in ("gpt-4o-mini", "llama3.1-8b")
+                ],
+                "router_settings": {"routing_strategy": "simple-shuffle", "num_retries": 1},
+                "litellm_settings": {
+                    "fallbacks": [{"routed": ["gpt-4o"]}],
+                    "drop_params": True,
+                    "set_verbose": False,
+                },
+            }
+            (work / "litellm.yaml").write_text(yaml.safe_dump(lcfg))
+            for workers in (1, 2):
+                lport = free_port()
+                setups.append(
+                    (
+                        f"LiteLLM {args.litellm_version} ({workers} worker{'s' * (workers > 1)})",
+                        [
+                            str(litellm),
+                            "--config",
+                            str(work / "litellm.yaml"),
+                            "--port",
+                            str(lport),
+                            "--num_workers",
+                            str(workers),
+                        ],
+                        f"http://127.0.0.1:{lport}",
+                        {"pass-through": "gpt-4o-mini", "router": "routed"},
+                        {"LITELLM_LOG": "ERROR"},
+                    )
+                )
+        for name, cmd, url, variants, env in setups:
+            print(f"== {name}", flush=True)
+            entry: dict[str, Any] = {"variants": {}}
+            ready = "/healthz" if name.startswith("llmdispatch") else "/health/liveliness"
+            with process(cmd, url, env=env, ready=ready) as proc:
+                entry["rss_rest_mib"] = rss_mib(proc.pid)
+                target = url + "/v1/chat/completions"
+                for vname, model in variants.items():
+                    body = bodies(work, prompts, model, False)
+                    sbody = bodies(work, prompts, model, True)
+                    v: dict[str, Any] = {"latency": [], "model": model}
+                    if "1 worker" in name and "(1" in name:
+                        for conc in (1, 16, 64):
+                            n = n1 if conc == 1 else n1 * 2
+                            v["latency"].append(
+                                added_latency(direct, target, direct_body, body, conc, n, rounds)
+                            )
+                        v["stream"] = added_latency(
+                            direct, target, direct_stream, sbody, 1, n1 // 2, max(1, rounds // 2)
+                        )
+                    v["saturation"] = saturation(target, body, sat_s)
+                    entry["variants"][vname] = v
+                    print(f"   {vname}: {v['saturation']['best']['rps']:.0f} req/s", flush=True)
+                entry["rss_load_mib"] = rss_mib(proc.pid)
+            results["proxies"][name] = entry
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "performance").mkdir(exist_ok=True)
+    (args.out / "performance" / "performance.json").write_text(json.dumps(results, indent=1))
+    write_markdown(results, ROOT / "docs" / "performance.md")
+    shutil.rmtree(work, ignore_errors=True)
+    print((ROOT / "docs" / "performance.md").read_text())
+
+
+def write_markdown(r: dict[str, Any], path: Path) -> None:
+    """``docs/performance.md``."""
+    lines = [
+        "# Performance: llmdispatch's gateway beside LiteLLM's proxy",
+        "",
+        "Produced by `.venv/bin/python benchmarks/bench_gateway.py` (one run, every proxy "
+        "against the same upstream on the same machine, load from a separate process).",
+        "",
+        f"Machine: {r['machine']}. Upstream: {r['upstream']}, alone "
+        f"{r['upstream_alone']['best']['rps']:.0f} requests/s.",
+        "",
+        "## Added latency (proxy − direct, ms; interleaved batches)",
+        "",
+        "| proxy | variant | concurrency | added p50 | added p90 | added p99 | errors |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, e in r["proxies"].items():
+        for vname, v in e["variants"].items():
+            for lat in v.get("latency", []):
+                lines.append(
+                    f"| {name} | {vname} | {lat['concurrency']} | {lat['added_p50_ms']:.2f} | "
+                    f"{lat['added_p90_ms']:.2f} | {lat['added_p99_ms']:.2f} | {lat['errors']} |"
+                )
+    lines += [
+        "",
+        "## Time to first token, streaming (added ms, concurrency 1)",
+        "",
+        "| proxy | variant | added TTFT p50 |",
+        "|---|---|---:|",
+    ]
+    for name, e in r["proxies"].items():
+        for vname, v in e["variants"].items():
+            if "stream" in v and "ttft_added_ms" in v["stream"]:
+                lines.append(f"| {name} | {vname} | {v['stream']['ttft_added_ms']:.2f} |")
+    lines += [
+        "",
+        "## Throughput at saturation (requests/s with zero errors)",
+        "",
+        "| proxy | variant | requests/s | at concurrency |",
+        "|---|---|---:|---:|",
+    ]
+    for name, e in r["proxies"].items():
+        for vname, v in e["variants"].items():
+            b = v["saturation"]["best"]
+            lines.append(f"| {name} | {vname} | {b['rps']:.0f} | {b['concurrency']} |")
+    lines += [
+        "",
+        "## Memory (resident MiB, all worker processes)",
+        "",
+        "| proxy | at rest | after load |",
+        "|---|---:|---:|",
+    ]
+    for name, e in r["proxies"].items():
+        lines.append(f"| {name} | {e['rss_rest_mib']:.0f} | {e['rss_load_mib']:.0f} |")
+    lines += [
+        "",
+        f"A loaded default router artifact adds {r['router_artifact_rss_mib']:.1f} MiB.",
+        "",
+    ]
+    ratios = _ratios(r)
+    if ratios:
+        lines += ["## Ratios versus LiteLLM (same run)", ""]
+        lines += [f"- {line}" for line in ratios]
+        lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+
+
+def _ratios(r: dict[str, Any]) -> list[str]:
+    out = []
+    proxies = r["proxies"]
+    for workers in ("1 worker)", "2 workers)"):
+        ours = next(
+            (e for n, e in proxies.items() if n.startswith("llmdispatch") and n.endswith(workers)),
+            None,
+        )
+        theirs = next(
+            (e for n, e in proxies.items() if n.startswith("LiteLLM") and n.endswith(workers)), None
+        )
+        if ours is None or theirs is None:
+            continue
+        for variant in ("pass-through", "router"):
+            a = ours["variants"][variant]["saturation"]["best"]["rps"]
+            b = theirs["variants"][variant]["saturation"]["best"]["rps"]
+            if b > 0:
+                out.append(
+                    f"throughput, {variant}, {workers[:-1]}: {a / b:.1f}× LiteLLM "
+                    f"({a:.0f} vs {b:.0f} requests/s)"
+                )
+        for variant in ("pass-through", "router"):
+            la = ours["variants"][variant].get("latency")
+            lb = theirs["variants"][variant].get("latency")
+            if la and lb:
+                a, b = la[0]["added_p50_ms"], lb[0]["added_p50_ms"]
+                out.append(
+                    f"added p50 latency at concurrency 1, {variant}: {a:.2f} ms vs {b:.2f} ms"
+                )
+        out.append(
+            f"memory at rest, {workers[:-1]}: {ours['rss_rest_mib']:.0f} MiB vs "
+            f"{theirs['rss_rest_mib']:.0f} MiB"
+        )
+    return out
+
+
+if __name__ == "__main__":
+    main()
