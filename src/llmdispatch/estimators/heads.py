@@ -261,12 +261,12 @@ class MLPHeads(_PerModelHeads):
 
     def __init__(
         self,
-        alphas: Sequence[float] = (0.1, 1.0, 10.0),
+        alphas: Sequence[float] = (0.3, 3.0),
         hidden: int = 64,
         n_components: int = 256,
         validation_fraction: float = 0.2,
         random_state: int = 0,
-        max_iter: int = 200,
+        max_iter: int = 120,
     ) -> None:
         super().__init__(alphas, validation_fraction, random_state)
         self.alphas = alphas
