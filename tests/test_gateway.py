@@ -307,3 +307,64 @@ def test_demo_command_runs_end_to_end(
     assert main(["demo", "--data", data, "--limit", "40", "--concurrency", "8"]) == 0
     out = capsys.readouterr().out
     assert "router" in out and "cascade" in out and "vs best" in out
+
+
+def test_timeouts_fall_back_and_a_cut_stream_ends_with_an_error_event(
+    table: OutcomeTable, upstream: str, artifacts: dict[str, Path], tmp_path: Path
+) -> None:
+    from llmdispatch.artifacts import load_artifact
+    from llmdispatch.query import Query
+
+    router, _ = load_artifact(artifacts["router"])
+    messages = prompt_of(table, 7)
+    plan = router.explain(Query.from_text(messages[0]["content"]), None)
+    first = plan.choice
+    slow_app = build_replay_app(table, Faults(delay_ms=3000))
+    cut_app = build_replay_app(table, Faults(cut_after=1))
+    with serve_in_thread(slow_app) as slow, serve_in_thread(cut_app) as cut:
+        ups = {m: (slow + "/v1" if m == first else upstream) for m in table.models}
+        cfg = gateway_config(tmp_path / "slow.yaml", table, ups, {"router": artifacts["router"]})
+        text = (tmp_path / "slow.yaml").read_text().replace("timeout_s: 5", "timeout_s: 0.5")
+        (tmp_path / "slow.yaml").write_text(text)
+        with serve_in_thread(create_app(load_config(cfg))) as url:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+            raw = client.chat.completions.with_raw_response.create(
+                model="llmdispatch/auto", messages=messages
+            )
+            assert raw.parse().model == plan.fallbacks[0]
+            assert raw.headers["x-llmdispatch-fallbacks"] == "1"
+        ups = {m: (cut + "/v1" if m == first else upstream) for m in table.models}
+        cfg = gateway_config(tmp_path / "cut.yaml", table, ups, {"router": artifacts["router"]})
+        with serve_in_thread(create_app(load_config(cfg))) as url:
+            r = httpx.post(
+                url + "/v1/chat/completions",
+                json={"model": first, "messages": messages, "stream": True},
+            )
+            events = [line for line in r.text.splitlines() if line.startswith("data: ")]
+            assert '"error"' in events[-2] and events[-1] == "data: [DONE]"
+            assert "upstream stream broke" in events[-2]
+            client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+            with pytest.raises(openai.APIError, match="stream broke"):
+                for _ in client.chat.completions.create(
+                    model=first, messages=messages, stream=True
+                ):
+                    pass
+            metrics = httpx.get(url + "/metrics").text
+            assert (
+                f'llmdispatch_fallbacks_total{{model="{first}",reason="stream_broken"}}' in metrics
+            )
+
+
+def test_circuit_breaker_opens_after_repeated_failures(
+    table: OutcomeTable, upstream: str, broken: str, tmp_path: Path
+) -> None:
+    ups = {m: (broken if m == "gpt-4o" else upstream) for m in table.models}
+    cfg = gateway_config(
+        tmp_path / "gw.yaml", table, ups, breaker={"failures": 2, "cooldown_s": 60}
+    )
+    with serve_in_thread(create_app(load_config(cfg))) as url:
+        body = {"model": "gpt-4o", "messages": prompt_of(table, 0)}
+        codes = [httpx.post(url + "/v1/chat/completions", json=body).status_code for _ in range(3)]
+        assert codes[:2] == [502, 502]
+        third = httpx.post(url + "/v1/chat/completions", json=body)
+        assert third.status_code == 503 and "circuit open" in third.json()["error"]["message"]

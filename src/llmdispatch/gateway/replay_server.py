@@ -234,6 +234,8 @@ async def _chunks(
             )
         else:
             yield frame(delta, None)
+    if cut_after is not None:  # a short answer is cut before its end, not after
+        raise ConnectionResetError("injected cut")
     yield frame({}, "stop")
     if usage is not None:
         doc = {
