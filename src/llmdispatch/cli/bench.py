@@ -27,6 +27,13 @@ def register(subparsers: Any) -> None:
         "--drop-leaks", action="store_true", help="drop test prompts whose text is also in train"
     )
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle tables (unsafe)")
+    p.add_argument("--labels", nargs="+", metavar="LABEL", help="only these dataset labels")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        metavar="MODEL",
+        help="only these models (e.g. two for RouteLLM's APGR/CPT)",
+    )
     p.set_defaults(func=run)
 
 
@@ -60,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
             drop_leaked=args.drop_leaks,
             allow_pickle=args.allow_pickle,
             on_step=lambda msg: progress.update(task, description=msg),
+            labels=args.labels,
+            models=args.models,
         )
     args.out.mkdir(parents=True, exist_ok=True)
     plots = {}

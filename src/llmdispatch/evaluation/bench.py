@@ -90,12 +90,20 @@ def bench_dataset(
     drop_leaked: bool = False,
     allow_pickle: bool = False,
     on_step: Callable[[str], None] | None = None,
+    labels: list[str] | None = None,
+    models: list[str] | None = None,
 ) -> DatasetResult:
-    """Run ``entries`` on one data set."""
+    """Run ``entries`` on one data set (optionally only some labels and some models)."""
     step = on_step or (lambda _msg: None)
     start = time.perf_counter()
     table = load_table(spec, allow_pickle=allow_pickle)
     load_seconds = time.perf_counter() - start
+    if labels:
+        table = table.only_datasets(labels)
+        if table.n_prompts == 0:
+            raise ValueError(f"{spec}: no prompts with the dataset labels {labels}")
+    if models:
+        table = table.select_models(models)
     name = Path(str(spec)).name if Path(str(spec)).exists() else str(spec)
     if not (table.splits == "test").any():
         table = hash_split(table)
@@ -246,6 +254,8 @@ def run_bench(
     drop_leaked: bool = False,
     allow_pickle: bool = False,
     on_step: Callable[[str], None] | None = None,
+    labels: list[str] | None = None,
+    models: list[str] | None = None,
 ) -> list[DatasetResult]:
     """Run ``policies`` (default: every registered one) on ``datasets`` (default: all found)."""
     specs: list[str] = datasets or sorted(available_datasets())
@@ -263,6 +273,8 @@ def run_bench(
             drop_leaked=drop_leaked,
             allow_pickle=allow_pickle,
             on_step=on_step,
+            labels=labels,
+            models=models,
         )
         for spec in specs
     ]
