@@ -168,3 +168,17 @@ def test_train_and_route_commands(tmp_path: Path, capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err
     assert "bad.yaml:4: validation_fraction" in err
     assert main(["route", str(tmp_path / "missing"), "hi"]) == 2
+
+
+def test_encoder_is_chosen_on_validation() -> None:
+    table = planted(240)
+    train, validation = table.take(np.arange(0, 180)), table.take(np.arange(180, 240))
+    router = Router(encoder="auto", encoder_candidates=("tfidf", "tfidf-svd")).fit(
+        train, validation
+    )
+    scores = router.encoder_scores_
+    assert set(scores) == {"tfidf", "tfidf-svd"}
+    chosen = min(scores, key=lambda k: scores[k])
+    assert router.trained_on_["encoder"] == chosen
+    again = Router.from_state(router.get_state())
+    np.testing.assert_allclose(again.quality_table(validation), router.quality_table(validation))

@@ -33,6 +33,9 @@ from llmdispatch.query import Query
 from llmdispatch.registry import REGISTRY, register
 from llmdispatch.types import BoolMatrix, Features, FloatMatrix, IntVector
 
+#: ``encoder="auto"``: choose among ``encoder_candidates`` on the validation table.
+AUTO = "auto"
+
 #: Unit-free λ values swept offline: 0 (quality only) up to "cheapest model always".
 DEFAULT_LAMBDAS: tuple[float, ...] = (0.0, *np.geomspace(1e-3, 1e3, 61).round(6).tolist())
 
@@ -57,6 +60,9 @@ class Router(Policy):
     allow : only these models may be chosen (``None``: all).
     cache_encodings : encode tables through the on-disk encoding cache (worth it for slow
         encoders such as MiniLM, which ``bench`` would otherwise re-embed on every run).
+    encoder_candidates : with ``encoder="auto"``, the encoders tried; the one whose quality
+        estimates have the lowest Brier score on the validation table is kept (the choice is
+        made on validation, never on test).
     """
 
     knob_name: ClassVar[str] = "lambda"
@@ -72,6 +78,7 @@ class Router(Policy):
         calibrate: CalibrationTarget | dict[str, Any] | None = None,
         allow: Sequence[str] | None = None,
         cache_encodings: bool = False,
+        encoder_candidates: Sequence[str] = ("tfidf", "minilm"),
     ) -> None:
         self.estimator = estimator
         self.estimator_params = dict(estimator_params or {})
@@ -94,9 +101,11 @@ class Router(Policy):
         )
         self.allow = tuple(allow) if allow is not None else None
         self.cache_encodings = cache_encodings
+        self.encoder_candidates = tuple(encoder_candidates)
         # Fail early on unknown names, with the registry's list of known ones.
         REGISTRY.get("estimator", estimator)
-        REGISTRY.get("encoder", encoder)
+        for name in self.encoder_candidates if encoder == AUTO else (encoder,):
+            REGISTRY.get("encoder", name)
 
     # ---- fitting ----------------------------------------------------------------------------
     def fit(self, train: OutcomeTable, validation: OutcomeTable | None = None) -> Self:
@@ -110,10 +119,13 @@ class Router(Policy):
             if unknown:
                 raise RouterError(f"allow names unknown models {unknown}; known: {train.models}")
         texts = train.full_prompts()
-        encoder: Encoder = REGISTRY.get("encoder", self.encoder)(**self.encoder_params)
-        self.encoder_ = encoder.fit(texts)
-        est: QualityEstimator = REGISTRY.get("estimator", self.estimator)(**self.estimator_params)
-        self.estimator_ = est.fit(train, self._encode_texts(texts))
+        if self.encoder == AUTO:
+            if validation is None:
+                train, validation = train_validation(train)
+                texts = train.full_prompts()
+            self.encoder_, self.estimator_ = self._select_encoder(train, validation)
+        else:
+            self.encoder_, self.estimator_ = self._fit_pair(self.encoder, train, texts)
         self.models_ = tuple(train.models)
         if tuple(self.estimator_.models_) != self.models_:
             raise RouterError("the estimator's models differ from the training table's")
@@ -127,12 +139,46 @@ class Router(Policy):
             "prompts": int(train.n_prompts),
             "datasets": sorted({str(d) for d in train.datasets}),
             "models": list(self.models_),
+            "encoder": self.encoder_.registry_name,
+            "encoder_scores": dict(getattr(self, "encoder_scores_", {})),
         }
         self.lam_ = float(self.lam) if self.lam is not None else 0.0
         self.calibration_: dict[str, Any] = {}
         if self.calibrate is not None:
             self._calibrate(self.calibrate, validation)
         return self
+
+    def _fit_pair(
+        self, encoder_name: str, train: OutcomeTable, texts: list[str]
+    ) -> tuple[Encoder, QualityEstimator]:
+        params = self.encoder_params if encoder_name == self.encoder else {}
+        encoder: Encoder = REGISTRY.get("encoder", encoder_name)(**params).fit(texts)
+        est: QualityEstimator = REGISTRY.get("estimator", self.estimator)(**self.estimator_params)
+        X = encode_with_cache(encoder, texts) if self.cache_encodings else encoder.encode(texts)
+        return encoder, est.fit(train, X)
+
+    def _select_encoder(
+        self, train: OutcomeTable, validation: OutcomeTable
+    ) -> tuple[Encoder, QualityEstimator]:
+        """The candidate encoder whose estimates have the lowest validation Brier score."""
+        texts, val_texts = train.full_prompts(), validation.full_prompts()
+        known = validation.known
+        best: tuple[float, Encoder, QualityEstimator] | None = None
+        self.encoder_scores_: dict[str, float] = {}
+        for name in self.encoder_candidates:
+            encoder, est = self._fit_pair(name, train, texts)
+            Xv = (
+                encode_with_cache(encoder, val_texts)
+                if self.cache_encodings
+                else (encoder.encode(val_texts))
+            )
+            err = (est.predict(Xv) - np.nan_to_num(validation.score)) ** 2
+            score = float(err[known].mean())
+            self.encoder_scores_[name] = score
+            if best is None or score < best[0]:
+                best = (score, encoder, est)
+        assert best is not None
+        return best[1], best[2]
 
     def _calibrate(self, target: CalibrationTarget, validation: OutcomeTable | None) -> None:
         if target.kind == "lambda" or validation is None:
@@ -287,6 +333,7 @@ class Router(Policy):
                 "calibrate": None if self.calibrate is None else self.calibrate.model_dump(),
                 "allow": None if self.allow is None else list(self.allow),
                 "cache_encodings": self.cache_encodings,
+                "encoder_candidates": list(self.encoder_candidates),
             },
             "label": self.label,
             "encoder": component_state(self.encoder_),

@@ -1,9 +1,10 @@
 """Benchmark routers: one :class:`~llmdispatch.policies.router.Router` per paradigm.
 
-Each is the default encoder (hashed n-gram TF-IDF) with one estimator, plus the kNN baseline
-on MiniLM embeddings (the strongest simple baseline on several sets, so every other router is
-compared with the tuned kNN, not a weak one). Hyper-parameters are the estimators' own
-validation-tuned defaults; nothing here is tuned on a test split.
+Each is the default encoder (hashed n-gram TF-IDF) with one estimator. The kNN baseline
+(``router-knn``) chooses its encoder (TF-IDF or MiniLM) on the validation split and its ``k``
+by leave-one-out, so every other router is compared with the tuned kNN, not a weak one.
+Hyper-parameters are the estimators' own validation-tuned defaults; nothing here is tuned on
+a test split.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from llmdispatch.policies.router import Router
 
 #: label → Router parameters.
 ROUTERS: dict[str, dict[str, Any]] = {
-    "knn": {"estimator": "knn"},
-    "knn-minilm": {"estimator": "knn", "encoder": "minilm", "cache_encodings": True},
+    "knn": {"estimator": "knn", "encoder": "auto", "cache_encodings": True},
+    "knn-tfidf": {"estimator": "knn"},
     "linear": {"estimator": "linear"},
     "mlp": {"estimator": "mlp"},
     "mf": {"estimator": "mf"},
