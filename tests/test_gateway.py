@@ -368,3 +368,42 @@ def test_circuit_breaker_opens_after_repeated_failures(
         assert codes[:2] == [502, 502]
         third = httpx.post(url + "/v1/chat/completions", json=body)
         assert third.status_code == 503 and "circuit open" in third.json()["error"]["message"]
+
+
+def test_token_and_per_model_rate_limits(
+    table: OutcomeTable, upstream: str, artifacts: dict[str, Path], tmp_path: Path
+) -> None:
+    keys = [{"id": "t", "hash": hash_api_key("secret-t"), "tokens_per_minute": 300}]
+    cfg = gateway_config(
+        tmp_path / "gw.yaml",
+        table,
+        {m: upstream for m in table.models},
+        {"router": artifacts["router"]},
+        keys=keys,
+    )
+    text = (tmp_path / "gw.yaml").read_text()
+    # gpt-4o takes one request a minute; the router then routes around it.
+    text = text.replace("  gpt-4o:\n", "  gpt-4o:\n    requests_per_minute: 1\n")
+    (tmp_path / "gw.yaml").write_text(text)
+    with serve_in_thread(create_app(load_config(cfg))) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="secret-t", max_retries=0)
+        with pytest.raises(openai.RateLimitError, match="tokens/minute"):
+            for i in range(50):
+                client.chat.completions.create(model="llama3.2-1b", messages=prompt_of(table, i))
+    keys = [{"id": "u", "hash": hash_api_key("secret-u")}]
+    cfg = gateway_config(
+        tmp_path / "gw2.yaml",
+        table,
+        {m: upstream for m in table.models},
+        {"router": artifacts["router"]},
+        keys=keys,
+    )
+    text = (tmp_path / "gw2.yaml").read_text()
+    text = text.replace("  gpt-4o:\n", "  gpt-4o:\n    requests_per_minute: 1\n")
+    (tmp_path / "gw2.yaml").write_text(text)
+    with serve_in_thread(create_app(load_config(cfg))) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="secret-u", max_retries=0)
+        assert client.chat.completions.create(model="gpt-4o", messages=prompt_of(table, 0)).model
+        with pytest.raises(openai.APIStatusError) as err:
+            client.chat.completions.create(model="gpt-4o", messages=prompt_of(table, 1))
+        assert err.value.status_code == 503

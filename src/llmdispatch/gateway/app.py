@@ -218,6 +218,43 @@ class Gateway:
             out.append(Scope(f"model:{model}", b.per_model_usd[model]))
         return out
 
+    async def count_usage(self, key: KeyInfo | None, model: str, tokens: int) -> None:
+        """Per-minute request and token counters behind the configured rate limits."""
+        ep = self.cfg.models[model]
+        if ep.requests_per_minute:
+            await self.state.window_add(f"req:model:{model}", 1)
+        if ep.tokens_per_minute:
+            await self.state.window_add(f"tok:model:{model}", tokens)
+        if self.cfg.budgets.tokens_per_minute:
+            await self.state.window_add("tok:global", tokens)
+        if key is not None and key.tokens_per_minute:
+            await self.state.window_add(f"tok:key:{key.id}", tokens)
+
+    async def over_limit(self, key: KeyInfo | None) -> str | None:
+        """Which tokens-per-minute limit this request's key or the gateway has reached."""
+        checks = [("global", self.cfg.budgets.tokens_per_minute)]
+        if key is not None:
+            checks.append((f"key:{key.id}", key.tokens_per_minute))
+        for scope, limit in checks:
+            if limit and await self.state.window_used(f"tok:{scope}") >= limit:
+                return f"token limit of {limit} tokens/minute reached for {scope}"
+        return None
+
+    async def saturated_models(self, models: list[str]) -> set[str]:
+        """Models at their own requests- or tokens-per-minute limit (routed around)."""
+        out = set()
+        for m in models:
+            ep = self.cfg.models[m]
+            if (
+                ep.requests_per_minute
+                and (await self.state.window_used(f"req:model:{m}") >= ep.requests_per_minute)
+            ) or (
+                ep.tokens_per_minute
+                and (await self.state.window_used(f"tok:model:{m}") >= ep.tokens_per_minute)
+            ):
+                out.add(m)
+        return out
+
     def estimate(self, model: str, query: Query, body: dict[str, Any]) -> float:
         """A call's cost before it is made (prompt tokens and ``max_tokens``)."""
         out = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
@@ -256,6 +293,7 @@ class Gateway:
         result = attempt_result(model, call, self.cards[model])
         if scopes:
             await self.state.settle(scopes, reserved, result.cost)
+        await self.count_usage(trace.key, model, result.tokens_in + result.tokens_out)
         await self.state.record_result(
             model, True, self.cfg.breaker.failures, self.cfg.breaker.cooldown_s
         )
@@ -412,6 +450,7 @@ def create_app(cfg: GatewayConfig) -> Starlette:
     async def allowed_models(key: KeyInfo | None) -> set[str]:
         models = list(gw.providers)
         blocked = await gw.state.open_circuits(models)
+        blocked |= await gw.saturated_models(models)
         allowed = {m for m in models if m not in blocked}
         if key is not None and key.models is not None:
             allowed &= key.models
@@ -446,6 +485,9 @@ def create_app(cfg: GatewayConfig) -> Starlette:
                             "rate_limit_exceeded",
                             **{"retry-after": str(int(wait) + 1)},
                         )
+            if (reason := await gw.over_limit(key)) is not None:
+                gw.metrics.rate_limited.labels("tokens").inc()
+                raise GatewayError(429, reason, "rate_limit_exceeded", **{"retry-after": "60"})
             session = request.headers.get("x-session-id") or body.get("user")
             query = build_query(body, session, request.headers.get("x-llmdispatch-task"))
             query.metadata["request_id"] = rid  # online learners key feedback by it
@@ -668,6 +710,7 @@ def create_app(cfg: GatewayConfig) -> Starlette:
             gw.metrics.cost.labels(model).inc(cost)
             if scopes:
                 await gw.state.settle(scopes, reserved, cost)
+            await gw.count_usage(trace.key, model, tin + tout)
             await gw.state.record_result(
                 model, error is None, cfg.breaker.failures, cfg.breaker.cooldown_s
             )

@@ -31,6 +31,7 @@ class KeyInfo:
     models: frozenset[str] | None
     budget_usd: float | None
     requests_per_minute: int | None
+    tokens_per_minute: int | None = None
 
 
 class KeyRing:
@@ -63,6 +64,7 @@ class KeyRing:
             models=frozenset(match.models) if match.models is not None else None,
             budget_usd=match.budget_usd,
             requests_per_minute=match.requests_per_minute,
+            tokens_per_minute=match.tokens_per_minute,
         )
 
 

@@ -11,8 +11,12 @@ models:
     modalities: [text, image]
     timeout_s: 60
 policies:
-  auto: {artifact: artifacts/cascades9-knn}   # served as llmdispatch/auto
-default_policy: auto
+  auto: artifacts/cascades9-knn         # an artifact folder (`llmdispatch train`)
+  quick:                                # or inline: trained on the data at start-up
+    policy: router
+    data: cascades9
+    params: {estimator: knn}
+default_policy: auto                    # served as llmdispatch/auto
 state: memory            # or redis://127.0.0.1:6379/0 to share budgets between replicas
 database: llmdispatch.sqlite   # or postgresql://user@host/db
 keys:                    # optional; without keys the gateway is open
@@ -27,12 +31,13 @@ budgets: {global_usd: 1000, per_model_usd: {gpt-4o: 200}, on_exhausted: reject}
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from llmdispatch.catalog import ModelCard
-from llmdispatch.yamlconfig import load_yaml_model
+from llmdispatch.yamlconfig import ConfigError, load_yaml_model
 
 
 class ModelEndpoint(BaseModel):
@@ -49,6 +54,11 @@ class ModelEndpoint(BaseModel):
     modalities: tuple[str, ...] = ("text",)
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=2, ge=0)
+    requests_per_minute: int | None = Field(
+        default=None, gt=0, description="beyond it, requests fall back to another model"
+    )
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_minute: int | None = Field(default=None, gt=0)
 
     def card(self, name: str) -> ModelCard:
         """The model's card for routing constraints and cost accounting."""
@@ -62,11 +72,36 @@ class ModelEndpoint(BaseModel):
 
 
 class PolicyRef(BaseModel):
-    """A trained policy to serve."""
+    """A policy to serve: a trained artifact, or an inline spec trained at start-up.
+
+    Inline: ``policy`` is a registered policy name, ``params`` its constructor arguments;
+    it is fitted on the train split of ``data`` (a validation part carved from it), after
+    keeping only the ``datasets`` labels and ``models`` when given. A bare string is an
+    artifact path.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    artifact: Path
+    artifact: Path | None = None
+    policy: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    data: str | None = None
+    datasets: list[str] | None = None
+    models: list[str] | None = None
+    validation_fraction: float = Field(default=0.25, gt=0, lt=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path(cls, value: Any) -> Any:
+        return {"artifact": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PolicyRef:
+        if (self.artifact is None) == (self.policy is None):
+            raise ValueError("give either 'artifact' (a trained policy) or 'policy' (inline)")
+        if self.policy is not None and self.data is None:
+            raise ValueError("an inline policy is trained at start-up: name its 'data'")
+        return self
 
 
 class KeyConfig(BaseModel):
@@ -80,6 +115,7 @@ class KeyConfig(BaseModel):
     models: list[str] | None = None
     budget_usd: float | None = Field(default=None, ge=0)
     requests_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_minute: int | None = Field(default=None, gt=0)
 
     @field_validator("hash")
     @classmethod
@@ -98,6 +134,7 @@ class Budgets(BaseModel):
     per_model_usd: dict[str, float] = Field(default_factory=dict)
     on_exhausted: Literal["reject", "cheaper"] = "reject"
     requests_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_minute: int | None = Field(default=None, gt=0)
 
 
 class Breaker(BaseModel):
@@ -124,7 +161,11 @@ class GatewayConfig(BaseModel):
     budgets: Budgets = Field(default_factory=Budgets)
     breaker: Breaker = Field(default_factory=Breaker)
     retry_backoff_s: float = Field(default=0.05, ge=0)
+    max_retry_wait_s: float = Field(
+        default=5.0, ge=0, description="a longer Retry-After falls back instead of waiting"
+    )
     max_fallbacks: int = Field(default=3, ge=0)
+    affinity_ttl_s: float = Field(default=3600.0, gt=0)
     log_prompts: bool = True
 
     @field_validator("models")
@@ -134,32 +175,79 @@ class GatewayConfig(BaseModel):
             raise ValueError("configure at least one model")
         return value
 
-    def check(self) -> GatewayConfig:
-        """Cross-field checks pydantic cannot express per field."""
+    def problems(self) -> list[tuple[tuple[str, ...], str]]:
+        """Cross-field checks pydantic cannot express per field: (location, message) pairs."""
+        out: list[tuple[tuple[str, ...], str]] = []
         if self.default_policy is not None and self.default_policy not in self.policies:
-            raise ValueError(
-                f"default_policy {self.default_policy!r} is not among the policies "
-                f"{sorted(self.policies)}"
+            out.append(
+                (
+                    ("default_policy",),
+                    f"{self.default_policy!r} is not among the policies {sorted(self.policies)}",
+                )
             )
-        for key in self.keys:
+        for i, key in enumerate(self.keys):
             for p in key.policies or []:
                 if p not in self.policies:
-                    raise ValueError(f"key {key.id!r} names an unknown policy {p!r}")
-        unknown = sorted(set(self.budgets.per_model_usd) - set(self.models))
-        if unknown:
-            raise ValueError(f"budgets.per_model_usd names unknown models {unknown}")
+                    out.append((("keys", str(i), "policies"), f"unknown policy {p!r}"))
+            for m in key.models or []:
+                if m not in self.models:
+                    out.append((("keys", str(i), "models"), f"unknown model {m!r}"))
+        ids = [k.id for k in self.keys]
+        for i, key in enumerate(self.keys):
+            if ids.index(key.id) != i:
+                out.append((("keys", str(i), "id"), f"duplicate key id {key.id!r}"))
+        for m in sorted(set(self.budgets.per_model_usd) - set(self.models)):
+            out.append((("budgets", "per_model_usd", m), f"unknown model {m!r}"))
         if not (self.state == "memory" or self.state.startswith(("redis://", "rediss://"))):
-            raise ValueError(f"state must be 'memory' or a redis:// URL, got {self.state!r}")
+            out.append((("state",), f"must be 'memory' or a redis:// URL, got {self.state!r}"))
+        return out
+
+    def check(self) -> GatewayConfig:
+        """Raise ``ValueError`` on the first cross-field problem."""
+        problems = self.problems()
+        if problems:
+            loc, message = problems[0]
+            raise ValueError(f"{'.'.join(loc)}: {message}")
         return self
 
 
+def _line_of(text: str, loc: tuple[str, ...]) -> int | None:
+    """The line of the deepest existing node on ``loc`` (1-based)."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    line = None if node is None else node.start_mark.line + 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if str(k.value) == part), None)
+            if match is None:
+                break
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
 def load_config(path: Path | str) -> GatewayConfig:
-    """Read and validate a gateway config; artifact and database paths are relative to it."""
+    """Read and validate a gateway config; artifact and database paths are relative to it.
+
+    Every problem names the file and line: ``gw.yaml:7: default_policy: 'x' is not among
+    the policies ['auto']`` (a :class:`~llmdispatch.yamlconfig.ConfigError`).
+    """
     path = Path(path)
-    cfg = load_yaml_model(path, GatewayConfig).check()
+    cfg = load_yaml_model(path, GatewayConfig)
+    problems = cfg.problems()
+    if problems:
+        text = path.read_text(encoding="utf-8")
+        lines = [
+            f"{path}:{_line_of(text, loc) or 1}: {'.'.join(loc)}: {message}"
+            for loc, message in problems
+        ]
+        raise ConfigError("invalid configuration\n  " + "\n  ".join(lines))
     base = path.resolve().parent
     for ref in cfg.policies.values():
-        if not ref.artifact.is_absolute():
+        if ref.artifact is not None and not ref.artifact.is_absolute():
             ref.artifact = base / ref.artifact
     if cfg.database and "://" not in cfg.database and not Path(cfg.database).is_absolute():
         cfg.database = str(base / cfg.database)

@@ -59,6 +59,14 @@ class GatewayState(ABC):
         """Count one request; ``None`` if allowed, else seconds until one is (fixed window)."""
 
     @abstractmethod
+    async def window_used(self, key: str) -> int:
+        """Units (requests or tokens) counted on ``key`` in the current minute."""
+
+    @abstractmethod
+    async def window_add(self, key: str, amount: int) -> None:
+        """Count ``amount`` units on ``key`` in the current minute."""
+
+    @abstractmethod
     async def record_result(self, model: str, ok: bool, threshold: int, cooldown: float) -> None:
         """Feed the circuit breaker: failures in a row open it for ``cooldown`` seconds."""
 
@@ -117,6 +125,17 @@ class MemoryState(GatewayState):
             return 60.0 - (now % 60)
         self._rates[key] = (window, count + 1)
         return None
+
+    async def window_used(self, key: str) -> int:
+        """This minute's count."""
+        w, count = self._rates.get(key, (int(time.time() // 60), 0))
+        return count if w == int(time.time() // 60) else 0
+
+    async def window_add(self, key: str, amount: int) -> None:
+        """Add to this minute's count."""
+        window = int(time.time() // 60)
+        w, count = self._rates.get(key, (window, 0))
+        self._rates[key] = (window, (count if w == window else 0) + amount)
 
     async def record_result(self, model: str, ok: bool, threshold: int, cooldown: float) -> None:
         """Consecutive failures open the breaker; a success closes it."""
@@ -226,6 +245,22 @@ class RedisState(GatewayState):
         now = time.time()
         ok = await self._rate(keys=[self._k("rate", key, str(int(now // 60)))], args=[per_minute])
         return None if int(ok) else 60.0 - (now % 60)
+
+    def _window_key(self, key: str) -> str:
+        return self._k("rate", key, str(int(time.time() // 60)))
+
+    async def window_used(self, key: str) -> int:
+        """This minute's count (shared by every replica)."""
+        value = await self._redis.get(self._window_key(key))
+        return int(value) if value is not None else 0
+
+    async def window_add(self, key: str, amount: int) -> None:
+        """Add to this minute's count."""
+        name = self._window_key(key)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.incrby(name, int(amount))
+        pipe.expire(name, 61)
+        await pipe.execute()
 
     async def record_result(self, model: str, ok: bool, threshold: int, cooldown: float) -> None:
         """Failures in a row open the breaker for every replica."""
