@@ -7,6 +7,10 @@ DATA   ?=
 OUT    ?= results
 EXTRAS ?= all
 LINT   := src tests $(wildcard benchmarks)
+# One BLAS thread per process: on a shared 2-core machine OpenBLAS threads spinning against
+# other processes make small matrix products 10-100x slower (tests run 2 processes anyway).
+export OPENBLAS_NUM_THREADS ?= 1
+export OMP_NUM_THREADS ?= 1
 
 .PHONY: setup bench test lint clean
 

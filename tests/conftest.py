@@ -13,7 +13,11 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
+# Before numpy loads OpenBLAS: one BLAS thread per test process (see the Makefile).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 REDIS_ADDR = ("127.0.0.1", 6379)
 POSTGRES_ADDR = ("127.0.0.1", 5432)
