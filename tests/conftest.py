@@ -17,7 +17,7 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import pytest  # noqa: E402
+import pytest
 
 REDIS_ADDR = ("127.0.0.1", 6379)
 POSTGRES_ADDR = ("127.0.0.1", 5432)
