@@ -23,7 +23,6 @@ ROUTERS: dict[str, dict[str, Any]] = {
     "linear": {"estimator": "linear"},
     "mlp": {"estimator": "mlp"},
     "mf": {"estimator": "mf"},
-    "embedllm": {"estimator": "embedllm"},
     "uniroute": {"estimator": "uniroute"},
     "bradley-terry": {"estimator": "bradley-terry"},
     "sw-ranking": {"estimator": "sw-ranking"},
