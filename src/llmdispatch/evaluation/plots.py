@@ -54,7 +54,9 @@ def plot_dataset(d: DatasetResult, path: Path, *, max_policies: int = 14) -> Pat
         (r for r in policies if r.name not in ("oracle", "random")),
         key=lambda r: -r.metrics.get("aiq", 0.0),
     )[:max_policies]
-    colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(others), 1)))
+    # Distinct hues first (tab10), then the paler tab20 shades when there are more curves.
+    palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("tab20").colors[1::2])
+    colors = palette[: max(len(others), 1)]
     for color, r in zip(colors, others, strict=False):
         assert r.run is not None
         hull = frontier(r.run.mean_cost, r.run.mean_quality, refs)
