@@ -55,7 +55,8 @@ def plot_dataset(d: DatasetResult, path: Path, *, max_policies: int = 14) -> Pat
         key=lambda r: -r.metrics.get("aiq", 0.0),
     )[:max_policies]
     # Distinct hues first (tab10), then the paler tab20 shades when there are more curves.
-    palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("tab20").colors[1::2])
+    tab10, tab20 = plt.get_cmap("tab10"), plt.get_cmap("tab20")
+    palette = [tab10(i) for i in range(10)] + [tab20(i) for i in range(1, 20, 2)]
     colors = palette[: max(len(others), 1)]
     for color, r in zip(colors, others, strict=False):
         assert r.run is not None
