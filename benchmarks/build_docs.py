@@ -105,6 +105,27 @@ def main() -> None:
     ]
     (docs / "benchmarks.md").write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {docs / 'benchmarks.md'}")
+    update_readme(out / "report.md", ROOT / "README.md")
+
+
+def update_readme(report: Path, readme: Path) -> None:
+    """Copy the bench report's summary table between the README's BENCH-SUMMARY markers."""
+    if not report.is_file():
+        return
+    text = report.read_text(encoding="utf-8")
+    start = text.find("## Summary")
+    if start < 0:
+        return
+    end = text.find("\n## ", start + 1)
+    summary = text[start : end if end > 0 else None].splitlines()[1:]
+    body = "\n".join(line for line in summary).strip()
+    doc = readme.read_text(encoding="utf-8")
+    a, b = "<!-- BENCH-SUMMARY -->", "<!-- /BENCH-SUMMARY -->"
+    if a in doc and b in doc:
+        head, rest = doc.split(a, 1)
+        _, tail = rest.split(b, 1)
+        readme.write_text(f"{head}{a}\n{body}\n{b}{tail}", encoding="utf-8")
+        print(f"updated the summary in {readme}")
 
 
 if __name__ == "__main__":
