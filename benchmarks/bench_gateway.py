@@ -46,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LOADGEN = ROOT / "benchmarks" / "loadgen.py"
 DATA = "cascades9"
+#: LiteLLM's proxy refuses to start without a master key; requests then carry it.
+LITELLM_KEY = "sk-llmdispatch-bench"
 
 
 def free_port() -> int:
@@ -102,9 +104,11 @@ def process(cmd: list[str], url: str, env: dict[str, str] | None = None, ready: 
             time.sleep(0.25)
         yield proc
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
         try:
+            os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=20)
+        except ProcessLookupError:
+            pass  # it had already exited (its log was reported above)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
@@ -383,11 +387,12 @@ def main() -> None:
                         ],
                         f"http://127.0.0.1:{lport}",
                         {"pass-through": "gpt-4o-mini", "router": "routed"},
-                        {"LITELLM_LOG": "ERROR"},
+                        {"LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": LITELLM_KEY},
                     )
                 )
         for name, cmd, url, variants, env in setups:
             print(f"== {name}", flush=True)
+            auth = [f"Authorization: Bearer {LITELLM_KEY}"] if "LITELLM_MASTER_KEY" in env else []
             entry: dict[str, Any] = {"variants": {}}
             ready = "/healthz" if name.startswith("llmdispatch") else "/health/liveliness"
             with process(cmd, url, env=env, ready=ready) as proc:
@@ -401,12 +406,21 @@ def main() -> None:
                         for conc in (1, 16, 64):
                             n = n1 if conc == 1 else n1 * 2
                             v["latency"].append(
-                                added_latency(direct, target, direct_body, body, conc, n, rounds)
+                                added_latency(
+                                    direct, target, direct_body, body, conc, n, rounds, auth
+                                )
                             )
                         v["stream"] = added_latency(
-                            direct, target, direct_stream, sbody, 1, n1 // 2, max(1, rounds // 2)
+                            direct,
+                            target,
+                            direct_stream,
+                            sbody,
+                            1,
+                            n1 // 2,
+                            max(1, rounds // 2),
+                            auth,
                         )
-                    v["saturation"] = saturation(target, body, sat_s)
+                    v["saturation"] = saturation(target, body, sat_s, auth)
                     entry["variants"][vname] = v
                     print(f"   {vname}: {v['saturation']['best']['rps']:.0f} req/s", flush=True)
                 entry["rss_load_mib"] = rss_mib(proc.pid)
