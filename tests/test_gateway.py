@@ -141,6 +141,22 @@ def test_pass_through_streaming_and_async(gateway: str, table: OutcomeTable) -> 
     models = asyncio.run(many())
     assert len(models) == 10 and set(models) <= set(table.models)
 
+    async def streamed() -> tuple[str, str]:
+        aclient = openai.AsyncOpenAI(base_url=gateway + "/v1", api_key="unused")
+        stream = await aclient.chat.completions.create(
+            model="llmdispatch/auto", messages=prompt_of(table, 14), stream=True
+        )
+        parts, model = [], ""
+        async for chunk in stream:
+            model = chunk.model
+            if chunk.choices and chunk.choices[0].delta.content:
+                parts.append(chunk.choices[0].delta.content)
+        await aclient.close()
+        return model, "".join(parts)
+
+    model, text = asyncio.run(streamed())
+    assert text == recorded(table, 14, model)
+
 
 def test_cascade_escalates_and_streams_its_final_answer(gateway: str, table: OutcomeTable) -> None:
     client = openai.OpenAI(base_url=gateway + "/v1", api_key="unused")
