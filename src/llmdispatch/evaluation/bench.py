@@ -35,6 +35,8 @@ from llmdispatch.evaluation.suites import BenchmarkPolicy, benchmark_entries
 #: Metrics that get intervals and appear in reports, in order.
 HEADLINE = ("aiq", "aiq_log", "q@10", "q@25", "q@50", "cost_to_best", "cost_to_95", "arena")
 BASELINE = "router-knn"
+#: The baseline when ``router-knn`` (encoder chosen on validation) was not run.
+FALLBACK_BASELINE = "router-knn-tfidf"
 
 
 @dataclass
@@ -200,7 +202,8 @@ def _comparisons(
 ) -> None:
     """Paired differences vs the zero router and the kNN baseline; gap closed to the oracle."""
     oracle = samples.get("oracle")
-    base = samples.get(BASELINE)
+    baseline_name = next((b for b in (BASELINE, FALLBACK_BASELINE) if b in samples), BASELINE)
+    base = samples.get(baseline_name)
     for res in results:
         s = samples.get(res.name)
         if s is None:
@@ -213,8 +216,8 @@ def _comparisons(
             res.metrics["gap_closed"] = gap_closed(res.metrics["aiq"], zero["aiq"], o)
             triples = zip(s["aiq"], zero_aiq, oracle["aiq"], strict=True)
             res.ci["gap_closed"] = interval(np.array([gap_closed(*t) for t in triples]))
-        if base is not None and res.name != BASELINE:
-            baseline = next(r for r in results if r.name == BASELINE)
+        if base is not None and res.name != baseline_name:
+            baseline = next(r for r in results if r.name == baseline_name)
             res.metrics["d_aiq_knn"] = res.metrics["aiq"] - baseline.metrics["aiq"]
             res.ci["d_aiq_knn"] = interval(s["aiq"] - base["aiq"])
         for lab in masks:
@@ -223,8 +226,8 @@ def _comparisons(
                 continue
             zs = zero_samples(label_ref_samples[lab])
             res.labels[lab]["ci"]["d_aiq_zero"] = interval(ls["aiq"] - zs)
-            lb = label_samples.get(BASELINE, {}).get(lab)
-            if lb is not None and res.name != BASELINE:
+            lb = label_samples.get(baseline_name, {}).get(lab)
+            if lb is not None and res.name != baseline_name:
                 res.labels[lab]["ci"]["d_aiq_knn"] = interval(ls["aiq"] - lb["aiq"])
 
 
