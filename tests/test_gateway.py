@@ -10,31 +10,24 @@ import httpx
 import openai
 import pytest
 
-from _gateway import free_port, gateway_config, serve_in_thread
-from llmdispatch.artifacts import save_artifact
-from llmdispatch.data import load_table
+from _gateway import free_port, gateway_config, serve_in_thread, shared_table, trained
 from llmdispatch.data.table import OutcomeTable
 from llmdispatch.gateway.app import create_app
 from llmdispatch.gateway.auth import hash_api_key
 from llmdispatch.gateway.config import load_config
 from llmdispatch.gateway.openapi import openapi_document
 from llmdispatch.gateway.replay_server import Faults, build_replay_app
-from llmdispatch.policies.cascade_fit import FrugalGPTCascade
-from llmdispatch.policies.router import Router
 
 
 @pytest.fixture(scope="module")
 def table(shared_data: Callable[[str], Path]) -> OutcomeTable:
-    return load_table(shared_data("cascades9"))
+    return shared_table(shared_data("cascades9"))
 
 
 @pytest.fixture(scope="module")
 def artifacts(table: OutcomeTable, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("artifacts")
-    train = table.split("train")
-    save_artifact(root / "router", Router(lam=0.1).fit(train))
-    save_artifact(root / "cascade", FrugalGPTCascade(budget=3e-4).fit(train))
-    return {"router": root / "router", "cascade": root / "cascade"}
+    root = tmp_path_factory.getbasetemp()
+    return {k: trained(k, table, root) for k in ("router", "cascade")}
 
 
 @pytest.fixture(scope="module")
@@ -335,7 +328,7 @@ def test_timeouts_fall_back_and_a_cut_stream_ends_with_an_error_event(
     messages = prompt_of(table, 7)
     plan = router.explain(Query.from_text(messages[0]["content"]), None)
     first = plan.choice
-    slow_app = build_replay_app(table, Faults(delay_ms=3000))
+    slow_app = build_replay_app(table, Faults(delay_ms=1500))
     cut_app = build_replay_app(table, Faults(cut_after=1))
     with serve_in_thread(slow_app) as slow, serve_in_thread(cut_app) as cut:
         ups = {m: (slow + "/v1" if m == first else upstream) for m in table.models}
@@ -384,6 +377,9 @@ def test_circuit_breaker_opens_after_repeated_failures(
         assert codes[:2] == [502, 502]
         third = httpx.post(url + "/v1/chat/completions", json=body)
         assert third.status_code == 503 and "circuit open" in third.json()["error"]["message"]
+        metrics = httpx.get(url + "/metrics").text
+        assert 'llmdispatch_circuit_open{model="gpt-4o"} 1.0' in metrics
+        assert 'llmdispatch_circuit_open{model="gpt-4o-mini"} 0.0' in metrics
 
 
 def test_token_and_per_model_rate_limits(

@@ -16,13 +16,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from _gateway import free_port, gateway_config, serve_in_thread
-from llmdispatch.artifacts import save_artifact
-from llmdispatch.data import load_table
+from _gateway import free_port, gateway_config, serve_in_thread, shared_table, trained
 from llmdispatch.data.table import OutcomeTable
 from llmdispatch.gateway.replay_server import build_replay_app
 from llmdispatch.gateway.requestlog import REQUESTS, export_table
-from llmdispatch.policies.bandit import BanditRouter
 
 pytestmark = pytest.mark.services
 
@@ -72,7 +69,7 @@ def fresh_postgres(postgres_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def table(shared_data: Callable[[str], Path]) -> OutcomeTable:
-    return load_table(shared_data("cascades9"))
+    return shared_table(shared_data("cascades9"))
 
 
 @pytest.fixture(scope="module")
@@ -142,16 +139,18 @@ def test_shared_budget_and_log_across_replicas(
 
 
 def test_feedback_through_either_replica_trains_one_shared_bandit(
-    table: OutcomeTable, upstream: str, redis_url: str, tmp_path: Path
+    table: OutcomeTable,
+    upstream: str,
+    redis_url: str,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    train = table.split("train")
-    bandit = BanditRouter(algorithm="linucb", warm_start="knn", lam=0.0).fit(train)
-    save_artifact(tmp_path / "bandit", bandit)
+    bandit = trained("bandit", table, tmp_path_factory.getbasetemp())
     cfg = gateway_config(
         tmp_path / "gw.yaml",
         table,
         {m: upstream for m in table.models},
-        {"bandit": tmp_path / "bandit"},
+        {"bandit": bandit},
         state=redis_url,
         state_prefix=f"test-{uuid.uuid4().hex[:8]}",
         database=str(tmp_path / "log.sqlite"),

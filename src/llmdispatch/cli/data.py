@@ -17,7 +17,6 @@ import argparse
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -65,13 +64,9 @@ def _add_list(sub: Any) -> None:
 
 @add_data_command
 def _add_export_log(sub: Any) -> None:
-    export = sub.add_parser(
-        "export-log",
-        help="write the gateway's request log as an outcome table (JSONL) to train on",
-    )
-    export.add_argument("database", help="SQLite path or postgresql:// URL of the request log")
-    export.add_argument("out", type=Path, help="output .jsonl or .jsonl.gz")
-    export.set_defaults(func=run_export)
+    from llmdispatch.cli.data_export import add_export_log
+
+    add_export_log(sub)
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -156,17 +151,4 @@ def run_list(args: argparse.Namespace) -> int:
         counts = count_prompts(path)
         prompts, models = (str(counts[0]), str(counts[1])) if counts else ("?", "?")
         print(f"{name:24s} {prompts:>8s} {models:>7s}  {path}")
-    return 0
-
-
-def run_export(args: argparse.Namespace) -> int:
-    """Request log → common JSONL format."""
-    from llmdispatch.gateway.requestlog import export_table, write_jsonl
-
-    table = export_table(args.database)
-    n = write_jsonl(table, args.out)
-    scored = int(table.known.sum())
-    print(
-        f"wrote {n} prompts × {table.n_models} models ({scored} with feedback scores) to {args.out}"
-    )
     return 0

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from llmdispatch.gateway.replay_server import add_arguments
+
 
 def register(subparsers: Any) -> None:
     """Add ``serve``, ``serve-replay`` and ``keys``."""
@@ -25,17 +27,10 @@ def register(subparsers: Any) -> None:
     r = subparsers.add_parser(
         "serve-replay",
         help="serve an outcome table as an OpenAI-compatible upstream (tests, demo, benchmarks)",
-        description="Answer chat completions with the recorded responses of a data set.",
+        description="Answer chat completions with the recorded responses of a data set, with "
+        "optional recorded latency, streaming chunk size and injected faults.",
     )
-    r.add_argument("data", help="data-set name or path")
-    r.add_argument("--host", default="127.0.0.1")
-    r.add_argument("--port", type=int, default=9000)
-    r.add_argument("--workers", type=int, default=1)
-    r.add_argument("--delay-ms", type=float, default=0.0, help="fixed delay per answer")
-    r.add_argument("--use-latency", action="store_true", help="sleep the recorded latency")
-    r.add_argument("--fail-rate", type=float, default=0.0, help="share of injected failures")
-    r.add_argument("--fail-status", type=int, default=500)
-    r.add_argument("--log-level", default="warning")
+    add_arguments(r)
     r.set_defaults(func=run_replay)
 
     k = subparsers.add_parser("keys", help="API key helpers")
@@ -70,31 +65,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_replay(args: argparse.Namespace) -> int:
     """Serve a table's recorded answers."""
-    import uvicorn
+    from llmdispatch.gateway.replay_server import serve
 
-    from llmdispatch.data import load_table
-    from llmdispatch.gateway.replay_server import Faults, build_replay_app
-
-    faults = Faults(
-        fail_rate=args.fail_rate,
-        fail_status=args.fail_status,
-        delay_ms=args.delay_ms,
-        use_latency=args.use_latency,
-    )
-    if args.workers > 1:
-        os.environ["LLMDISPATCH_REPLAY"] = f"{args.data}|{args.delay_ms}|{int(args.use_latency)}"
-        uvicorn.run(
-            "llmdispatch.gateway.replay_server:replay_from_env",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            log_level=args.log_level,
-        )
-        return 0
-    app = build_replay_app(load_table(args.data), faults)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-    return 0
+    return serve(args)
 
 
 def run_hash(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ models:
     context_window: 128000
     modalities: [text, image]
     timeout_s: 60
+    requests_per_minute: 500               # at its limit the policy routes around it
 policies:
   auto: artifacts/cascades9-knn         # an artifact folder (`llmdispatch train`)
   quick:                                # or inline: trained on the data at start-up
@@ -24,7 +25,10 @@ keys:                    # optional; without keys the gateway is open
     hash: sha256:...     # `llmdispatch keys hash SECRET`
     policies: [auto]
     budget_usd: 50
-budgets: {global_usd: 1000, per_model_usd: {gpt-4o: 200}, on_exhausted: reject}
+    budget_window: day
+budgets: {global_usd: 1000, per_model_usd: {gpt-4o: 200}, window: month, on_exhausted: reject}
+breaker: {failures: 5, cooldown_s: 30}   # per-model circuit breaker
+upstream_transport: fast                 # or httpx (proxies from the environment, HTTP/2)
 ```
 """
 
@@ -38,6 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from llmdispatch.catalog import ModelCard
 from llmdispatch.yamlconfig import ConfigError, load_yaml_model
+
+BudgetWindow = Literal["total", "hour", "day", "month"]
 
 
 class ModelEndpoint(BaseModel):
@@ -54,9 +60,7 @@ class ModelEndpoint(BaseModel):
     modalities: tuple[str, ...] = ("text",)
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=2, ge=0)
-    requests_per_minute: int | None = Field(
-        default=None, gt=0, description="beyond it, requests fall back to another model"
-    )
+    #: Per-minute limits of this model; at its limit the policy routes around it.
     requests_per_minute: int | None = Field(default=None, gt=0)
     tokens_per_minute: int | None = Field(default=None, gt=0)
 
@@ -114,6 +118,7 @@ class KeyConfig(BaseModel):
     policies: list[str] | None = None
     models: list[str] | None = None
     budget_usd: float | None = Field(default=None, ge=0)
+    budget_window: BudgetWindow = "total"
     requests_per_minute: int | None = Field(default=None, gt=0)
     tokens_per_minute: int | None = Field(default=None, gt=0)
 
@@ -126,12 +131,14 @@ class KeyConfig(BaseModel):
 
 
 class Budgets(BaseModel):
-    """Spending limits in USD (``None``: unlimited)."""
+    """Spending limits in USD (``None``: unlimited), over all time or per UTC period."""
 
     model_config = ConfigDict(extra="forbid")
 
     global_usd: float | None = Field(default=None, ge=0)
     per_model_usd: dict[str, float] = Field(default_factory=dict)
+    #: The period the global and per-model limits apply to (UTC hours, days, months).
+    window: BudgetWindow = "total"
     on_exhausted: Literal["reject", "cheaper"] = "reject"
     requests_per_minute: int | None = Field(default=None, gt=0)
     tokens_per_minute: int | None = Field(default=None, gt=0)
@@ -165,6 +172,9 @@ class GatewayConfig(BaseModel):
         default=5.0, ge=0, description="a longer Retry-After falls back instead of waiting"
     )
     max_fallbacks: int = Field(default=3, ge=0)
+    upstream_transport: Literal["fast", "httpx"] = Field(
+        default="fast", description="fast: lean HTTP/1.1 keep-alive; httpx: proxies, HTTP/2"
+    )
     affinity_ttl_s: float = Field(default=3600.0, gt=0)
     log_prompts: bool = True
 

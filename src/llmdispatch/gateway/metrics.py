@@ -1,14 +1,43 @@
-"""Prometheus metrics of one gateway process (its own registry, not the global one)."""
+"""Prometheus metrics of one gateway process, in its own registry (not the global one).
+
+Exposed names (counters get ``_total``, histograms ``_bucket``/``_sum``/``_count``):
+
+========================================== =============================================
+``llmdispatch_requests_total``             requests by policy, answering model, status
+``llmdispatch_request_seconds``            end-to-end latency by answering model
+``llmdispatch_time_to_first_token_seconds`` streamed time to first token by model
+``llmdispatch_decisions_total``            a policy's first choice by model
+``llmdispatch_cost_usd_total``             USD spent by model
+``llmdispatch_escalations_total``          extra model calls made by cascades, by policy
+``llmdispatch_fallbacks_total``            failures answered by another model, by reason
+``llmdispatch_budget_remaining_usd``       USD left per budget scope
+``llmdispatch_rate_limited_total``         requests refused by a limit or budget, by reason
+``llmdispatch_circuit_open``               1 while a model's breaker is open
+``llmdispatch_log_dropped_rows``           request-log rows the database refused
+========================================== =============================================
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
+#: Seconds; from a cache hit (1 ms) to a long generation (1 min).
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+#: The media type of :meth:`GatewayMetrics.render`'s output.
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class GatewayMetrics:
-    """Requests, latency and time to first token, decisions, cost, escalations, fallbacks."""
+    """Requests, latency and time to first token, decisions, cost, escalations, fallbacks,
+    budgets, limits and breakers (see the module docstring for the names)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -64,7 +93,28 @@ class GatewayMetrics:
             ["reason"],
             registry=r,
         )
+        self.circuit_open = Gauge(
+            "llmdispatch_circuit_open",
+            "1 while a model's circuit breaker is open",
+            ["model"],
+            registry=r,
+        )
+        self.log_dropped = Gauge(
+            "llmdispatch_log_dropped_rows",
+            "Request-log rows the database refused since start",
+            registry=r,
+        )
+
+    def observe_request(
+        self, policy: str, model: str, status: int, seconds: float, decision: str | None = None
+    ) -> None:
+        """Count a finished request, its latency and (if routed) the policy's first choice."""
+        self.requests.labels(policy, model, str(status)).inc()
+        if model:
+            self.latency.labels(model).observe(seconds)
+        if decision:
+            self.decisions.labels(policy, decision).inc()
 
     def render(self) -> bytes:
-        """The exposition text."""
+        """The exposition text (serve it with :data:`CONTENT_TYPE`)."""
         return generate_latest(self.registry)

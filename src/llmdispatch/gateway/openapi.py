@@ -47,9 +47,14 @@ _DECISION_HEADERS = {
         ("policy", "The policy that decided (or pass-through)"),
         ("estimated-quality", "The policy's quality estimate for its first choice"),
         ("estimated-cost", "The policy's expected cost (USD) for its first choice"),
-        ("cost", "The actual cost in USD of every call made"),
+        (
+            "cost",
+            "The actual cost in USD of every call made (for a relayed stream: the calls "
+            "finished before it started; its own cost goes to the metrics and the log)",
+        ),
         ("rungs", "Models that answered (cascades may call several)"),
         ("fallbacks", "Models skipped after provider failures"),
+        ("affinity", "The model the session is pinned to, when session affinity applied"),
     )
 }
 
@@ -110,6 +115,15 @@ def openapi_document() -> dict[str, Any]:
             },
         },
         "required": ["request_id"],
+    }
+    feedback_reply = {
+        "type": "object",
+        "properties": {
+            "request_id": {"type": "string"},
+            "stored": {"type": "boolean", "description": "written to the request log"},
+            "learned": {"type": "boolean", "description": "an online policy learned from it"},
+        },
+        "required": ["request_id", "stored", "learned"],
     }
     models = {
         "type": "object",
@@ -173,7 +187,7 @@ def openapi_document() -> dict[str, Any]:
                         "content": {"application/json": {"schema": feedback}},
                     },
                     "responses": {
-                        "200": _json({"type": "object"}, "Stored"),
+                        "200": _json(feedback_reply, "Stored (and learned by online policies)"),
                         **_errors(400, 401, 404),
                     },
                 }

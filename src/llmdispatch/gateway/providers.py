@@ -1,8 +1,13 @@
-"""Calls to OpenAI-compatible upstreams: pooled httpx connections, retries, errors by kind.
+"""Calls to OpenAI-compatible upstreams: pooled keep-alive connections, retries, errors by kind.
+
+Requests go straight to an httpx transport (no client layer: no cookies, redirects or
+per-request URL parsing on the hot path); :func:`make_transport` picks the lean
+:class:`~llmdispatch.gateway.transport.FastTransport` or httpx's own pool.
 
 Retries: connection errors, time-outs, 429 and 5xx are retried up to the model's
 ``max_retries`` with exponential backoff (base ``backoff_s``), waiting at least what a
-``Retry-After`` header asks; other 4xx are the client's fault and fail at once. A failure
+``Retry-After`` header asks; a ``Retry-After`` longer than ``max_wait_s`` is not waited for
+(the next model answers sooner). Other 4xx are the client's fault and fail at once. A failure
 that survives its retries is an :class:`UpstreamError` the gateway answers by falling back to
 the next model.
 """
@@ -12,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -54,16 +59,13 @@ class CallResult:
     body: dict[str, Any]
     latency_ms: float
     retries: int = 0
-    raw: bytes = b""
 
 
 @dataclass
 class StreamHandle:
-    """An open stream: its chunks, and what was learned while reading them."""
+    """An open stream: its ``data:`` payloads until ``[DONE]``."""
 
-    chunks: AsyncIterator[bytes]
-    usage: dict[str, int] = field(default_factory=dict)
-    text: list[str] = field(default_factory=list)
+    chunks: AsyncGenerator[bytes, None]
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -76,23 +78,48 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
+def make_transport(kind: str = "fast") -> httpx.AsyncBaseTransport:
+    """The connection pool every provider shares.
+
+    ``fast``: :class:`~llmdispatch.gateway.transport.FastTransport` (HTTP/1.1 keep-alive,
+    several times cheaper per call); ``httpx``: httpx's own pool (HTTP/2, proxies).
+    """
+    if kind == "fast":
+        try:
+            from llmdispatch.gateway.transport import FastTransport
+        except ImportError:  # httptools (uvicorn[standard]) is missing: httpx's pool works
+            pass
+        else:
+            return FastTransport()
+    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+    return httpx.AsyncHTTPTransport(limits=limits)
+
+
 class Provider:
     """One configured model behind an OpenAI-compatible endpoint."""
 
     def __init__(
-        self, name: str, endpoint: ModelEndpoint, client: httpx.AsyncClient, backoff_s: float
+        self,
+        name: str,
+        endpoint: ModelEndpoint,
+        transport: httpx.AsyncBaseTransport,
+        backoff_s: float,
+        max_wait_s: float = 5.0,
     ) -> None:
         self.name = name
         self.endpoint = endpoint
-        self.client = client
+        self.transport = transport
         self.backoff_s = backoff_s
-        self.url = endpoint.base_url.rstrip("/") + "/chat/completions"
+        self.max_wait_s = max_wait_s
+        self.url = httpx.URL(endpoint.base_url.rstrip("/") + "/chat/completions")
         self.upstream_name = endpoint.upstream_name or name
-        self.timeout = httpx.Timeout(endpoint.timeout_s, connect=min(endpoint.timeout_s, 10.0))
+        timeout = httpx.Timeout(endpoint.timeout_s, connect=min(endpoint.timeout_s, 10.0))
+        self.extensions = {"timeout": timeout.as_dict()}
         key = os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None
-        self.headers = {"content-type": "application/json"}
+        headers = {"content-type": "application/json", "accept": "application/json"}
         if key:
-            self.headers["authorization"] = f"Bearer {key}"
+            headers["authorization"] = f"Bearer {key}"
+        self.headers = httpx.Headers(headers)
 
     def _body(self, body: dict[str, Any], stream: bool) -> bytes:
         out = {**body, "model": self.upstream_name, "stream": stream}
@@ -100,30 +127,49 @@ class Provider:
             out.pop("stream_options", None)
         return orjson.dumps(out)
 
-    async def _attempt(self, payload: bytes) -> CallResult:
-        start = time.perf_counter()
+    async def _send(self, payload: bytes) -> httpx.Response:
+        """Send one request; the response's body is not read yet."""
+        request = httpx.Request(
+            "POST", self.url, headers=self.headers, content=payload, extensions=self.extensions
+        )
         try:
-            resp = await self.client.post(
-                self.url, content=payload, headers=self.headers, timeout=self.timeout
-            )
+            return await self.transport.handle_async_request(request)
         except httpx.TimeoutException as exc:
             raise UpstreamError(self.name, f"timed out ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
             raise UpstreamError(self.name, f"connection failed ({type(exc).__name__})") from exc
-        if resp.status_code != 200:
-            retryable = resp.status_code == 429 or resp.status_code >= 500
-            raise UpstreamError(
-                self.name,
-                f"HTTP {resp.status_code}: {resp.text[:300]}",
-                resp.status_code,
-                retryable,
-                _retry_after(resp),
-            )
+
+    async def _read(self, response: httpx.Response) -> bytes:
         try:
-            doc = orjson.loads(resp.content)
+            return await response.aread()
+        except httpx.TimeoutException as exc:
+            raise UpstreamError(self.name, f"timed out ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise UpstreamError(self.name, f"connection broke ({type(exc).__name__})") from exc
+        finally:
+            await response.aclose()
+
+    def _status_error(self, response: httpx.Response, content: bytes) -> UpstreamError:
+        status = response.status_code
+        text = content[:300].decode("utf-8", "replace")
+        retryable = status == 429 or status >= 500
+        return UpstreamError(
+            self.name, f"HTTP {status}: {text}", status, retryable, _retry_after(response)
+        )
+
+    async def _attempt(self, payload: bytes) -> CallResult:
+        start = time.perf_counter()
+        response = await self._send(payload)
+        content = await self._read(response)
+        if response.status_code != 200:
+            raise self._status_error(response, content)
+        try:
+            doc = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
             raise UpstreamError(self.name, "upstream answered with invalid JSON") from exc
-        return CallResult(doc, (time.perf_counter() - start) * 1000, raw=resp.content)
+        if not isinstance(doc, dict):
+            raise UpstreamError(self.name, "upstream answered with a non-object JSON body")
+        return CallResult(doc, (time.perf_counter() - start) * 1000)
 
     async def complete(self, body: dict[str, Any]) -> CallResult:
         """One completion with retries (see the module docstring)."""
@@ -134,16 +180,22 @@ class Provider:
                 result.retries = attempt
                 return result
             except UpstreamError as exc:
-                if not exc.retryable or attempt == self.endpoint.max_retries:
-                    raise
-                await asyncio.sleep(max(self.backoff_s * 2**attempt, exc.retry_after or 0.0))
+                await self._backoff(exc, attempt)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _backoff(self, exc: UpstreamError, attempt: int) -> None:
+        """Wait before retry ``attempt + 1``, or re-raise when no retry is due."""
+        if not exc.retryable or attempt >= self.endpoint.max_retries:
+            raise exc
+        if exc.retry_after is not None and exc.retry_after > self.max_wait_s:
+            raise exc
+        await asyncio.sleep(max(self.backoff_s * 2**attempt, exc.retry_after or 0.0))
+
     async def open_stream(self, body: dict[str, Any]) -> StreamHandle:
-        """Open a streamed completion; errors before the first byte raise (with retries).
+        """Open a streamed completion; errors before the first event raise (with retries).
 
         The returned handle's ``chunks`` yields raw SSE ``data:`` payloads (bytes without the
-        prefix) until ``[DONE]``; a break after the first byte raises :class:`UpstreamError`
+        prefix) until ``[DONE]``; a break after the first event raises :class:`UpstreamError`
         from the iterator.
         """
         payload = self._body(body, stream=True)
@@ -151,40 +203,20 @@ class Provider:
             try:
                 return await self._open(payload)
             except UpstreamError as exc:
-                if not exc.retryable or attempt == self.endpoint.max_retries:
-                    raise
-                await asyncio.sleep(max(self.backoff_s * 2**attempt, exc.retry_after or 0.0))
+                await self._backoff(exc, attempt)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _open(self, payload: bytes) -> StreamHandle:
-        request = self.client.build_request(
-            "POST", self.url, content=payload, headers=self.headers, timeout=self.timeout
-        )
-        try:
-            response = await self.client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            raise UpstreamError(self.name, "timed out") from exc
-        except httpx.TransportError as exc:
-            raise UpstreamError(self.name, f"connection failed ({type(exc).__name__})") from exc
+        response = await self._send(payload)
         if response.status_code != 200:
-            await response.aread()
-            await response.aclose()
-            retryable = response.status_code == 429 or response.status_code >= 500
-            raise UpstreamError(
-                self.name,
-                f"HTTP {response.status_code}: {response.text[:300]}",
-                response.status_code,
-                retryable,
-                _retry_after(response),
-            )
+            raise self._status_error(response, await self._read(response))
         lines = response.aiter_lines()
         try:
             first = await _next_data(lines)
         except (httpx.HTTPError, StopAsyncIteration) as exc:
             await response.aclose()
-            raise UpstreamError(self.name, "stream broke before the first byte") from exc
-        handle = StreamHandle(chunks=_iterate(self.name, first, lines, response))
-        return handle
+            raise UpstreamError(self.name, "stream broke before the first event") from exc
+        return StreamHandle(chunks=_iterate(self.name, first, lines, response))
 
 
 async def _next_data(lines: AsyncIterator[str]) -> str:
@@ -196,7 +228,7 @@ async def _next_data(lines: AsyncIterator[str]) -> str:
 
 async def _iterate(
     name: str, first: str, lines: AsyncIterator[str], response: httpx.Response
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     try:
         data = first
         while True:
@@ -211,9 +243,3 @@ async def _iterate(
                 raise UpstreamError(name, f"stream broke ({type(exc).__name__})") from exc
     finally:
         await response.aclose()
-
-
-def make_client() -> httpx.AsyncClient:
-    """One pooled client for every upstream (HTTP/1.1 keep-alive)."""
-    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
-    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0))

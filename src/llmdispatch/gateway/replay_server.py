@@ -2,68 +2,123 @@
 
 For a known prompt and model it returns the recorded response, the recorded token usage and
 (optionally) sleeps for the recorded latency, so tests, the demo and the benchmarks exercise
-real HTTP end to end without calling any LLM. A prompt the table does not know is a 404 with
-an OpenAI-style error body. The recorded confidence is returned as the first token's
-log-probability when the request asks for ``logprobs``, so signals read it like a live one.
+real HTTP end to end without calling any LLM. Prompts are looked up by their exact text: the
+user turns joined, or the system prompt and the user turns (as ``OutcomeTable.full_prompts``
+joins them). A prompt or model the table does not know is a 404 with an OpenAI-style error
+body. The recorded confidence comes back in an extra ``confidence`` field of the choice
+(:class:`~llmdispatch.signals.recorded.RecordedConfidence` reads it live) and, when a request
+asks for ``logprobs``, as the first token's log-probability.
 
-Fault injection (for tests and benchmarks): ``fail_rate``/``fail_status`` answer some
-requests with an error status; ``reset_rate`` drops the connection; ``cut_after`` ends a
-stream after that many chunks without its terminator; ``delay_ms`` adds a fixed delay. A
-``x-replay-fault`` request header forces one fault (``500``, ``429``, ``timeout``, ``reset``,
-``cut``) for exactly that request.
+It is the upstream of the performance benchmarks, so it is a bare ASGI callable (no
+framework, no per-request objects beyond the parsed body): one dictionary lookup per prompt.
 
-    llmdispatch serve-replay cascades9 --port 9000
+Faults for tests and benchmarks (:class:`ReplayOptions`): ``fail_rate``/``fail_status``
+answer some requests with an error status (429s carry ``Retry-After: retry_after``);
+``reset_rate`` drops the connection after the headers; ``cut_after`` ends every stream after
+that many content chunks without its terminator; ``delay_ms`` adds a fixed delay before an
+answer and ``chunk_delay_ms`` one before each streamed chunk (a generation speed). A request
+header ``x-replay-fault`` forces one fault for exactly that request: ``500``, ``429``,
+``503``, ``timeout`` (hang ``hang_s``), ``reset`` or ``cut``.
+
+    llmdispatch serve-replay cascades9 --port 9000 [--chunk-size 16] [--fail-rate 0.1]
+    python -m llmdispatch.gateway.replay_server cascades9 --port 9000
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import logging
+import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
 
 from llmdispatch.data.table import OutcomeTable
 
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+OPTIONS_ENV = "LLMDISPATCH_REPLAY"
+_JSON = [(b"content-type", b"application/json")]
+_SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
 
 @dataclass
-class Faults:
-    """Injected failures (all off by default)."""
+class ReplayOptions:
+    """Latency, streaming and injected failures (all faults off by default)."""
 
-    fail_rate: float = 0.0
-    fail_status: int = 500
-    reset_rate: float = 0.0
-    cut_after: int | None = None
     delay_ms: float = 0.0
     use_latency: bool = False
+    chunk_size: int = 16
+    chunk_delay_ms: float = 0.0
+    fail_rate: float = 0.0
+    fail_status: int = 500
+    retry_after: float = 0.0
+    reset_rate: float = 0.0
+    cut_after: int | None = None
+    hang_s: float = 30.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        for name in ("fail_rate", "reset_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]")
 
-def _error(status: int, message: str, kind: str = "invalid_request_error") -> Response:
-    body = {"error": {"message": message, "type": kind, "code": status}}
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+#: The name the tests and older callers use.
+Faults = ReplayOptions
 
 
-def _message_text(messages: list[dict[str, Any]]) -> tuple[str | None, str]:
+class InjectedFault(ConnectionResetError):
+    """Raised on purpose to drop a connection (the server's log does not report it)."""
+
+
+class _QuietFaults(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, InjectedFault)
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error") -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": kind, "code": status}})
+
+
+def _message_text(messages: Any) -> tuple[str | None, str]:
+    """The system prompt and the user turns joined (text parts only)."""
     system = None
     user: list[str] = []
+    if not isinstance(messages, list):
+        return None, ""
     for msg in messages:
+        if not isinstance(msg, dict):
+            continue
         content = msg.get("content")
         if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content if p.get("type") == "text")
-        if msg.get("role") == "system":
+            content = "".join(
+                str(p.get("text", ""))
+                for p in content
+                if isinstance(p, dict) and p.get("type") == "text"
+            )
+        role = msg.get("role")
+        if role == "system":
             system = str(content or "")
-        elif msg.get("role") == "user":
+        elif role == "user":
             user.append(str(content or ""))
     return system, "\n\n".join(user)
+
+
+def _int(x: float, default: int) -> int:
+    return default if x != x else int(x)
 
 
 class ReplayIndex:
@@ -87,175 +142,289 @@ class ReplayIndex:
         return self.rows.get(prompt)
 
 
-def build_replay_app(table: OutcomeTable, faults: Faults | None = None) -> Starlette:
-    """The replay server as an ASGI app."""
-    index = ReplayIndex(table)
-    faults = faults or Faults()
-    rng = random.Random(faults.seed)
-    created = int(time.time())
+class ReplayApp:
+    """The replay provider as a bare ASGI application (see the module docstring)."""
 
-    async def models(_: Request) -> Response:
-        data = [
-            {"id": m, "object": "model", "created": created, "owned_by": "replay"}
+    def __init__(self, table: OutcomeTable, options: ReplayOptions | None = None) -> None:
+        self.table = table
+        self.index = ReplayIndex(table)
+        self.options = options or ReplayOptions()
+        self.rng = random.Random(self.options.seed)
+        self.created = int(time.time())
+        models = [
+            {"id": m, "object": "model", "created": self.created, "owned_by": "replay"}
             for m in table.models
         ]
-        return Response(
-            orjson.dumps({"object": "list", "data": data}), media_type="application/json"
-        )
+        self.models_body = orjson.dumps({"object": "list", "data": models})
+        logging.getLogger("uvicorn.error").addFilter(_QuietFaults())
 
-    async def chat(request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Route ``POST /v1/chat/completions`` and ``GET /v1/models``."""
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":  # pragma: no cover - websockets are not served
+            return
+        path, method = scope["path"], scope["method"]
+        if path.endswith("/chat/completions"):
+            if method != "POST":
+                await _respond(send, 405, _error(405, "use POST"))
+                return
+            body = await _read_body(receive)
+            await self.chat(body, _header(scope, b"x-replay-fault"), send)
+        elif path.endswith("/models") and method == "GET":
+            await _respond(send, 200, self.models_body)
+        else:
+            await _respond(send, 404, _error(404, f"no route {path}", "not_found_error"))
+
+    async def chat(self, raw: bytes, forced: str | None, send: Send) -> None:
+        """Answer one chat completion from the table (or inject a fault)."""
+        opts, table = self.options, self.table
         try:
-            body = orjson.loads(await request.body())
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            return _error(400, "request body is not valid JSON")
+            await _respond(send, 400, _error(400, "request body is not valid JSON"))
+            return
+        if not isinstance(body, dict):
+            await _respond(send, 400, _error(400, "request body must be a JSON object"))
+            return
         model = body.get("model")
-        j = index.columns.get(model) if isinstance(model, str) else None
+        j = self.index.columns.get(model) if isinstance(model, str) else None
         if j is None:
-            return _error(404, f"model {model!r} is not in this replay table", "not_found_error")
-        system, prompt = _message_text(body.get("messages") or [])
-        i = index.lookup(system, prompt)
+            msg = f"model {model!r} is not in this replay table"
+            await _respond(send, 404, _error(404, msg, "not_found_error"))
+            return
+        system, prompt = _message_text(body.get("messages"))
+        i = self.index.lookup(system, prompt)
         if i is None:
-            return _error(404, "prompt not found in the replay table", "not_found_error")
-        response = table.responses[i, j]
-        if response is None or (isinstance(response, float)):
-            response = ""
-        forced = request.headers.get("x-replay-fault")
+            msg = f"prompt not found in the replay table ({len(prompt)} characters)"
+            await _respond(send, 404, _error(404, msg, "not_found_error"))
+            return
         if forced in ("500", "429", "503") or (
-            faults.fail_rate and rng.random() < faults.fail_rate
+            opts.fail_rate and self.rng.random() < opts.fail_rate
         ):
-            status = int(forced) if forced else faults.fail_status
-            resp = _error(status, "injected failure", "server_error")
-            if status == 429:
-                resp.headers["retry-after"] = "0"
-            return resp
-        if forced == "reset" or (faults.reset_rate and rng.random() < faults.reset_rate):
-            raise ConnectionResetError("injected reset")
+            status = int(forced) if forced else opts.fail_status
+            headers = [(b"retry-after", f"{opts.retry_after:g}".encode())] if status == 429 else []
+            await _respond(
+                send, status, _error(status, "injected failure", "server_error"), headers
+            )
+            return
+        if forced == "reset" or (opts.reset_rate and self.rng.random() < opts.reset_rate):
+            await send({"type": "http.response.start", "status": 200, "headers": _JSON})
+            raise InjectedFault("injected reset")
         if forced == "timeout":
-            await asyncio.sleep(30)
-        delay = faults.delay_ms
-        if faults.use_latency and not np_isnan(table.latency_ms[i, j]):
-            delay += float(table.latency_ms[i, j])
-        if delay:
+            await asyncio.sleep(opts.hang_s)
+        delay = opts.delay_ms
+        if opts.use_latency:
+            recorded = float(table.latency_ms[i, j])
+            delay += 0.0 if recorded != recorded else recorded
+        if delay > 0:
             await asyncio.sleep(delay / 1000.0)
-        tin = _int(table.tokens_in[i, j], max(1, len(prompt) // 4))
-        tout = _int(table.tokens_out[i, j], max(1, len(response) // 4))
+        response = table.responses[i, j]
+        text = response if isinstance(response, str) else ""
+        tin = _int(float(table.tokens_in[i, j]), max(1, len(prompt) // 4))
+        tout = _int(float(table.tokens_out[i, j]), max(1, len(text) // 4))
         usage = {"prompt_tokens": tin, "completion_tokens": tout, "total_tokens": tin + tout}
-        conf = table.confidence[i, j]
+        conf = float(table.confidence[i, j])
         logprobs: dict[str, Any] | None = None
-        if body.get("logprobs") and not np_isnan(conf):
-            logprobs = {
-                "content": [
-                    {"token": response[:1] or " ", "logprob": float(conf), "top_logprobs": []}
-                ]
-            }
-        rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        if body.get("logprobs") and conf == conf:
+            token = {"token": text[:1] or " ", "logprob": conf, "top_logprobs": []}
+            logprobs = {"content": [token]}
+        rid = "chatcmpl-" + uuid.uuid4().hex[:24]
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            cut = 2 if forced == "cut" else faults.cut_after
-            return StreamingResponse(
-                _chunks(rid, model, response, usage if include_usage else None, logprobs, cut),
-                media_type="text/event-stream",
-            )
+            cut = 1 if forced == "cut" else opts.cut_after
+            served = usage if include_usage else None
+            await self.stream(send, rid, str(model), text, served, logprobs, cut)
+            return
+        choice: dict[str, Any] = {
+            "index": 0,
+            "finish_reason": "stop",
+            "logprobs": logprobs,
+            "message": {"role": "assistant", "content": text},
+        }
+        if conf == conf:  # an extra field OpenAI clients ignore; the gateway reads it
+            choice["confidence"] = conf
         doc = {
             "id": rid,
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": "stop",
-                    "logprobs": logprobs,
-                    "message": {"role": "assistant", "content": response},
-                }
-            ],
-            "usage": usage,
-        }
-        return Response(orjson.dumps(doc), media_type="application/json")
-
-    return Starlette(
-        routes=[
-            Route("/v1/models", models, methods=["GET"]),
-            Route("/v1/chat/completions", chat, methods=["POST"]),
-        ]
-    )
-
-
-def np_isnan(x: float) -> bool:
-    """NaN check for numpy scalars and floats."""
-    return bool(x != x)
-
-
-def _int(x: float, default: int) -> int:
-    return default if np_isnan(x) else int(x)
-
-
-async def _chunks(
-    rid: str,
-    model: str,
-    text: str,
-    usage: dict[str, int] | None,
-    logprobs: dict[str, Any] | None,
-    cut_after: int | None,
-    size: int = 16,
-) -> AsyncIterator[bytes]:
-    created = int(time.time())
-
-    def frame(
-        delta: dict[str, Any], finish: str | None, extra: dict[str, Any] | None = None
-    ) -> bytes:
-        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
-        doc: dict[str, Any] = {
-            "id": rid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
             "choices": [choice],
-        }
-        if extra:
-            doc.update(extra)
-        return b"data: " + orjson.dumps(doc) + b"\n\n"
-
-    pieces = [text[k : k + size] for k in range(0, len(text), size)] or [""]
-    yield frame({"role": "assistant", "content": ""}, None)
-    for k, piece in enumerate(pieces):
-        if cut_after is not None and k >= cut_after:
-            raise ConnectionResetError("injected cut")
-        delta: dict[str, Any] = {"content": piece}
-        if k == 0 and logprobs is not None:
-            yield frame(
-                delta,
-                None,
-                {
-                    "choices": [
-                        {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": None}
-                    ]
-                },
-            )
-        else:
-            yield frame(delta, None)
-    if cut_after is not None:  # a short answer is cut before its end, not after
-        raise ConnectionResetError("injected cut")
-    yield frame({}, "stop")
-    if usage is not None:
-        doc = {
-            "id": rid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [],
             "usage": usage,
         }
-        yield b"data: " + orjson.dumps(doc) + b"\n\n"
-    yield b"data: [DONE]\n\n"
+        await _respond(send, 200, orjson.dumps(doc))
+
+    async def stream(
+        self,
+        send: Send,
+        rid: str,
+        model: str,
+        text: str,
+        usage: dict[str, int] | None,
+        logprobs: dict[str, Any] | None,
+        cut_after: int | None,
+    ) -> None:
+        """Send the answer as server-sent events in ``chunk_size`` pieces."""
+        created = int(time.time())
+
+        async def event(choices: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
+            doc: dict[str, Any] = {
+                "id": rid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": choices,
+            }
+            if extra:
+                doc.update(extra)
+            data = b"data: " + orjson.dumps(doc) + b"\n\n"
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+        role = {"role": "assistant", "content": ""}
+        await event([{"index": 0, "delta": role, "finish_reason": None}])
+        size = self.options.chunk_size
+        pieces = [text[k : k + size] for k in range(0, len(text), size)]
+        for k, piece in enumerate(pieces):
+            if cut_after is not None and k >= cut_after:
+                raise InjectedFault("injected cut")
+            choice: dict[str, Any] = {
+                "index": 0,
+                "delta": {"content": piece},
+                "finish_reason": None,
+            }
+            if k == 0 and logprobs is not None:
+                choice["logprobs"] = logprobs
+            if self.options.chunk_delay_ms > 0:
+                await asyncio.sleep(self.options.chunk_delay_ms / 1000.0)
+            await event([choice])
+        if cut_after is not None:  # a short answer is cut before its end, not after
+            raise InjectedFault("injected cut")
+        await event([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+        if usage is not None:
+            await event([], {"usage": usage})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
 
-def replay_from_env() -> Starlette:
-    """Factory for several uvicorn workers: ``LLMDISPATCH_REPLAY=data|delay_ms|use_latency``."""
-    import os
+def build_replay_app(table: OutcomeTable, options: ReplayOptions | None = None) -> ReplayApp:
+    """The replay server as an ASGI app."""
+    return ReplayApp(table, options)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    head = [*_JSON, (b"content-length", str(len(body)).encode()), *(headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
+def replay_from_env() -> ReplayApp:
+    """Factory for several uvicorn workers: ``LLMDISPATCH_REPLAY`` holds data and options."""
+    from llmdispatch.data import load_table
+
+    spec = orjson.loads(os.environ[OPTIONS_ENV])
+    return build_replay_app(load_table(spec["data"]), ReplayOptions(**spec["options"]))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The replay server's command-line options (shared with ``llmdispatch serve-replay``)."""
+    parser.add_argument("data", help="data-set name or path")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="fixed delay per answer")
+    parser.add_argument("--use-latency", action="store_true", help="sleep the recorded latency")
+    parser.add_argument("--chunk-size", type=int, default=16, help="characters per SSE chunk")
+    parser.add_argument(
+        "--chunk-delay-ms", type=float, default=0.0, help="pause before each streamed chunk"
+    )
+    parser.add_argument("--fail-rate", type=float, default=0.0, help="share of injected errors")
+    parser.add_argument("--fail-status", type=int, default=500, help="status of those errors")
+    parser.add_argument("--retry-after", type=float, default=0.0, help="Retry-After of 429s")
+    parser.add_argument("--reset-rate", type=float, default=0.0, help="share of dropped calls")
+    parser.add_argument(
+        "--cut-after", type=int, default=None, help="cut every stream after N content chunks"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--log-level", default="warning")
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the replay server with uvicorn (several workers through :func:`replay_from_env`)."""
+    import uvicorn
 
     from llmdispatch.data import load_table
 
-    data, delay, use_latency = os.environ["LLMDISPATCH_REPLAY"].split("|")
-    faults = Faults(delay_ms=float(delay), use_latency=bool(int(use_latency)))
-    return build_replay_app(load_table(data), faults)
+    options = ReplayOptions(
+        delay_ms=args.delay_ms,
+        use_latency=args.use_latency,
+        chunk_size=args.chunk_size,
+        chunk_delay_ms=args.chunk_delay_ms,
+        fail_rate=args.fail_rate,
+        fail_status=args.fail_status,
+        retry_after=args.retry_after,
+        reset_rate=args.reset_rate,
+        cut_after=args.cut_after,
+        seed=args.seed,
+    )
+    common: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": args.log_level,
+        "access_log": False,
+    }
+    if args.workers > 1:
+        os.environ[OPTIONS_ENV] = orjson.dumps(
+            {"data": str(args.data), "options": asdict(options)}
+        ).decode()
+        uvicorn.run(
+            "llmdispatch.gateway.replay_server:replay_from_env",
+            factory=True,
+            workers=args.workers,
+            **common,
+        )
+        return 0
+    uvicorn.run(build_replay_app(load_table(args.data), options), **common)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m llmdispatch.gateway.replay_server DATA [options]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m llmdispatch.gateway.replay_server",
+        description="Serve an outcome table's recorded answers as an OpenAI-compatible API.",
+    )
+    add_arguments(parser)
+    return serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
