@@ -127,8 +127,9 @@ class Router(Policy):
         else:
             self.encoder_, self.estimator_ = self._fit_pair(self.encoder, train, texts)
         self.models_ = tuple(train.models)
-        if tuple(self.estimator_.models_) != self.models_:
-            raise RouterError("the estimator's models differ from the training table's")
+        unknown = sorted(set(self.estimator_.models_) - set(self.models_))
+        if unknown:
+            raise RouterError(f"the estimator predicts models {unknown} the table does not have")
         self.cards_ = {name: train.card(name) for name in self.models_}
         self.costs_ = CostModel().fit(train)
         self.cost_scale_ = float(max(self.costs_.mean_cost_.max(), 1e-12))
@@ -211,7 +212,7 @@ class Router(Policy):
         """``Q̂`` for every prompt of a table."""
         self._check_fitted()
         self._check_models(table.models)
-        return self.estimator_.predict(self._encode_texts(table.full_prompts()))
+        return self._full(self.estimator_.predict(self._encode_texts(table.full_prompts())))
 
     def _encode_texts(self, texts: list[str]) -> Features:
         if self.cache_encodings:
@@ -221,7 +222,18 @@ class Router(Policy):
     def quality(self, queries: Sequence[Query]) -> FloatMatrix:
         """``Q̂`` for live queries."""
         self._check_fitted()
-        return self.estimator_.predict(self.encoder_.encode_queries(list(queries)))
+        return self._full(self.estimator_.predict(self.encoder_.encode_queries(list(queries))))
+
+    def _full(self, q: FloatMatrix) -> FloatMatrix:
+        """Estimates in the router's model order; models the estimator does not cover get 0
+        and are left out of the choice (e.g. Hybrid LLM's classifier covers one pair)."""
+        names = tuple(self.estimator_.models_)
+        if names == self.models_:
+            return q
+        out = np.zeros((q.shape[0], len(self.models_)))
+        for j, name in enumerate(names):
+            out[:, self.models_.index(name)] = q[:, j]
+        return out
 
     def expected_cost(self, queries: Sequence[Query]) -> FloatMatrix:
         """``Ĉ`` in USD for live queries."""
@@ -229,9 +241,10 @@ class Router(Policy):
         return self.costs_.for_queries(queries)
 
     def _allow_mask(self) -> np.ndarray:
+        covered = np.isin(np.array(self.models_), np.array(self.estimator_.models_))
         if self.allow is None:
-            return np.ones(len(self.models_), dtype=bool)
-        return np.isin(np.array(self.models_), np.array(self.allow))
+            return covered
+        return covered & np.isin(np.array(self.models_), np.array(self.allow))
 
     @staticmethod
     def choose(
@@ -285,7 +298,7 @@ class Router(Policy):
             if allowed is not None and name not in allowed:
                 reason = "not allowed for this request"
             elif not allow_list[j]:
-                reason = "not in the router's allow-list"
+                reason = "not in the allow-list or not covered by the estimator"
             else:
                 reason = card_fits(self.cards_[name], query)
             utility = float(q[j] - self.lam_ * c[j] / self.cost_scale_)
