@@ -37,7 +37,7 @@ def run(cmd: list[str]) -> float:
 def section(md: Path, img_src: Path, img_dst: Path, prefix: str, demote: int = 1) -> list[str]:
     """A report's lines with headings pushed down and images copied and relinked."""
     if not md.is_file():
-        return [f"*(no report at `{md.relative_to(ROOT)}`: that benchmark did not run)*", ""]
+        return [f"*(no report at `{md.name}`: that benchmark did not run)*", ""]
     lines = []
     for line in md.read_text(encoding="utf-8").splitlines():
         if line.startswith("#"):
