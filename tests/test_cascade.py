@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -16,13 +17,16 @@ from llmdispatch.data.table import OutcomeTable
 from llmdispatch.evaluation.replay import replay
 from llmdispatch.policies.base import Attempt, AttemptResult, Policy
 from llmdispatch.policies.cascade import Cascade, ModelStats, ladder_decisions
+from llmdispatch.policies.cascade_fit import FrugalGPTCascade
 from llmdispatch.policies.ladder import NoAnswerError, accepts, replay_ladder, run_ladder
 from llmdispatch.query import Query
 from llmdispatch.signals.calibrated import CalibratedSignal
-from llmdispatch.signals.recorded import RecordedConfidence
+from llmdispatch.signals.recorded import CheckCosts, RecordedConfidence
 from llmdispatch.signals.verify import SelfCheck
 
 NAN = float("nan")
+
+DataLookup = Callable[[str], Path]
 
 
 # ---- the rule, offline -------------------------------------------------------------------
@@ -237,8 +241,8 @@ def live_matches_offline(policy: Policy, table: OutcomeTable, knob: float, rows:
         ), i
 
 
-def test_live_cascade_drives_the_same_decisions_as_offline_replay() -> None:
-    table = load_table("cascades9")
+def test_live_cascade_drives_the_same_decisions_as_offline_replay(shared_data: DataLookup) -> None:
+    table = load_table(shared_data("cascades9"))
     train, test = table.split("train"), table.split("test").take(np.arange(0, 4048, 20))
     cascade = Cascade(["gpt-4o-mini", "llama3.1-70b", "llama3.1-405b"], [0.8, 0.7]).fit(train)
     cascade.shift = 0.05
@@ -257,3 +261,40 @@ def test_cascade_artifact_round_trip(tmp_path: Path) -> None:
         assert k1 == k2
         np.testing.assert_array_equal(d1.final, d2.final)
         np.testing.assert_array_equal(d1.called, d2.called)
+
+
+# ---- FrugalGPT: the search ---------------------------------------------------------------------
+def test_frugalgpt_search_respects_budgets_and_matches_the_replay_on_validation() -> None:
+    train, validation = planted_table(600, 4, seed=0), planted_table(500, 4, seed=1)
+    # Reading the signal costs 0.3 per answer: the search must count it where it is read.
+    checks = CheckCosts(tuple(validation.ids), validation.models, np.full((500, 4), 0.3))
+    policy = FrugalGPTCascade(
+        signal=RecordedConfidence(check_costs=checks), max_rungs=3, grid=6, n_budgets=12
+    )
+    policy.fit(train, validation)
+    rows = np.arange(validation.n_prompts)
+    cheapest = min(policy.configs_, key=lambda c: c.cost).cost
+    sweep = policy.sweep(validation.blind(), validation.known)
+    for budget, cfg, (knob, d) in zip(policy.budgets_, policy.configs_, sweep, strict=True):
+        assert knob == budget
+        paid = float(((validation.cost * d.called).sum(axis=1) + d.overhead_cost).mean())
+        assert paid == pytest.approx(cfg.cost)  # the search's figure is the replay's
+        assert validation.score[rows, d.final].mean() == pytest.approx(cfg.quality)
+        assert cfg.cost <= budget * (1 + 1e-9) or cfg.cost == pytest.approx(cheapest)
+    assert policy.n_searched_ > len(policy.configs_)
+    # More budget never buys less validation quality.
+    quality = [cfg.quality for cfg in policy.configs_]
+    assert all(b >= a - 1e-12 for a, b in itertools.pairwise(quality))
+    assert any(len(cfg.rungs) > 1 for cfg in policy.configs_)
+    assert any((d.overhead_cost > 0).any() for _, d in sweep)
+
+
+def test_frugalgpt_live_follows_the_budget() -> None:
+    train, validation = planted_table(600, 3, seed=2), planted_table(400, 3, seed=3)
+    policy = FrugalGPTCascade(grid=6, n_budgets=8).fit(train, validation)
+    policy.budget = float(policy.budgets_[3])
+    cfg = policy.config_for(policy.budget)
+    plan = policy.explain(Query(text="q"), frozenset(train.models))
+    assert plan.choice == cfg.rungs[0]
+    policy.budget = None
+    assert policy.config_for(None).quality == max(c.quality for c in policy.configs_)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,7 +13,14 @@ from llmdispatch.data import load_table
 from llmdispatch.policies.base import AttemptResult
 from llmdispatch.query import Query
 from llmdispatch.signals.calibrated import CalibratedSignal, group_labels
-from llmdispatch.signals.recorded import RecordedConfidence, answer_call_cost, check_overhead
+from llmdispatch.signals.recorded import (
+    RecordedConfidence,
+    answer_call_cost,
+    check_overhead,
+    unbundle_checks,
+)
+
+DataLookup = Callable[[str], Path]
 
 
 def test_groups_get_their_own_calibrator_and_unknown_groups_fall_back() -> None:
@@ -57,8 +67,8 @@ def test_recorded_confidence_live_reads_the_result_then_logprobs() -> None:
     assert sig.request_options() == {"logprobs": True}
 
 
-def test_calibration_on_cascades9_train_is_calibrated_on_test() -> None:
-    table = load_table("cascades9")
+def test_calibration_on_cascades9_train_is_calibrated_on_test(shared_data: DataLookup) -> None:
+    table = load_table(shared_data("cascades9"))
     train, test = table.split("train"), table.split("test")
     for method in ("isotonic", "logistic"):
         cal = CalibratedSignal(RecordedConfidence(), method=method).fit(train)
@@ -68,8 +78,8 @@ def test_calibration_on_cascades9_train_is_calibrated_on_test() -> None:
         assert np.nanmin(p) >= 0.0 and np.nanmax(p) <= 1.0
 
 
-def test_check_overhead_is_the_self_check_part_of_cascades9_cost() -> None:
-    table = load_table("cascades9")
+def test_check_overhead_is_the_self_check_part_of_cascades9_cost(shared_data: DataLookup) -> None:
+    table = load_table(shared_data("cascades9"))
     over = check_overhead(table)
     mc = np.isin(table.datasets, ["mmlu", "medmcqa"])
     assert (over[mc] == 0).all()  # one answer call: no self-check billed
@@ -85,3 +95,39 @@ def test_calibrated_signal_state_round_trips() -> None:
         cal = CalibratedSignal(RecordedConfidence(), method=method).fit(table)
         again = CalibratedSignal.from_state(cal.get_state())
         np.testing.assert_allclose(again.transform(table), cal.transform(table))
+
+
+def test_unbundled_cascades9_bills_checks_only_where_read(shared_data: DataLookup) -> None:
+    table = load_table(shared_data("cascades9"))
+    unbundled, checks = unbundle_checks(table)
+    mc = np.isin(table.datasets, ["mmlu", "medmcqa"])
+    np.testing.assert_array_equal(unbundled.cost[mc], table.cost[mc])
+    np.testing.assert_allclose(
+        unbundled.cost[~mc], answer_call_cost(table)[~mc], rtol=1e-9
+    )  # open questions: the answer call alone
+    np.testing.assert_allclose(unbundled.cost + checks.cost, table.cost, rtol=1e-12)
+    signal = RecordedConfidence(check_costs=checks)
+    part = unbundled.take(np.arange(100, 4000, 7))
+    extra, latency = signal.offline_overhead(part)
+    np.testing.assert_allclose(extra, check_overhead(table.take(np.arange(100, 4000, 7))))
+    assert not latency.any()
+    assert not RecordedConfidence().offline_overhead(part)[0].any()  # as recorded: billed
+    again = RecordedConfidence.from_state(signal.get_state())
+    assert again.check_costs is not None
+    np.testing.assert_allclose(again.offline_overhead(part)[0], extra)
+    with pytest.raises(KeyError, match="no self-check cost"):
+        signal.offline_overhead(make_table([[1.0] * 9], models=table.models))
+
+
+def test_a_group_with_one_outcome_gets_its_base_rate() -> None:
+    rng = np.random.default_rng(0)
+    n = 300
+    labels = np.array(["easy" if i % 2 else "mixed" for i in range(n)])
+    conf = rng.uniform(-2, 0, (n, 1))
+    score = np.where(labels[:, None] == "easy", 1.0, (rng.random((n, 1)) < 0.5).astype(float))
+    cal = CalibratedSignal(RecordedConfidence(), min_group=50).fit(
+        make_table(score, confidence=conf, datasets=labels)
+    )
+    easy = Query(text="q", metadata={"dataset": "easy"})
+    assert cal.probability("m0", -1.9, easy) == pytest.approx(1.0)
+    assert cal.probability("m0", -0.1, easy) == pytest.approx(1.0)

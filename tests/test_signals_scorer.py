@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -12,6 +15,8 @@ from llmdispatch.policies.base import AttemptResult
 from llmdispatch.query import Query
 from llmdispatch.signals.calibrated import CalibratedSignal
 from llmdispatch.signals.scorer import LearnedScorer
+
+DataLookup = Callable[[str], Path]
 
 
 def _planted(n: int, seed: int) -> tuple[np.ndarray, list[list[str]]]:
@@ -51,8 +56,8 @@ def test_scorer_leaves_missing_responses_missing_and_needs_data() -> None:
         LearnedScorer().offline(table)
 
 
-def test_scorer_beats_chance_on_real_responses_once_calibrated() -> None:
-    table = load_table("cascades9").only_datasets(["triviaqa", "truthfulqa"])
+def test_scorer_beats_chance_on_real_responses_once_calibrated(shared_data: DataLookup) -> None:
+    table = load_table(shared_data("cascades9")).only_datasets(["triviaqa", "truthfulqa"])
     rng = np.random.default_rng(0)
     rows = rng.permutation(table.n_prompts)
     train, test = table.take(rows[:300]), table.take(rows[300:600])

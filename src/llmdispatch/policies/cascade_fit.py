@@ -66,16 +66,22 @@ class CascadeConfig:
         }
 
 
-def frontier_candidates(stats: ModelStats, limit: int) -> list[str]:
-    """Up to ``limit`` models: the cost–quality Pareto front first, then the best of the rest
-    by quality per log-cost rank, cheapest first in the result."""
-    by_cost = stats.by_cost()
-    front, best = [], -np.inf
-    for m in by_cost:
+def pareto_front(stats: ModelStats) -> list[str]:
+    """Models no cheaper model matches in training quality, cheapest first."""
+    front: list[str] = []
+    best = -np.inf
+    for m in stats.by_cost():
         if stats.quality[m] > best:
             front.append(m)
             best = stats.quality[m]
-    rest = sorted(set(by_cost) - set(front), key=lambda m: -stats.quality[m])
+    return front
+
+
+def frontier_candidates(stats: ModelStats, limit: int) -> list[str]:
+    """Up to ``limit`` models, cheapest first: the cost–quality Pareto front (its dearest
+    members when it is longer than ``limit``), then the best of the rest by quality."""
+    front = pareto_front(stats)
+    rest = sorted(set(stats.quality) - set(front), key=lambda m: (-stats.quality[m], m))
     chosen = (front[-limit:] if len(front) > limit else front) + rest
     return stats.by_cost(chosen[:limit])
 
@@ -96,12 +102,16 @@ def evaluate_list(
     grids: Sequence[FloatVector],
     fallback: tuple[FloatVector, FloatVector],
     on_missing: str = "escalate",
+    check: FloatMatrix | None = None,
 ) -> tuple[FloatVector, FloatVector]:
     """Mean quality and cost of one list for every threshold combination (row-major over
-    ``grids`` of the rungs but the last). ``q, c, p, avail`` are ``(n, k)`` for the rungs."""
+    ``grids`` of the rungs but the last). ``q, c, p, avail`` (and ``check``, the cost of
+    reading the signal) are ``(n, k)`` for the rungs; a rung's signal is read, and its check
+    paid, unless it is the last available rung of its row."""
     n, k = q.shape
     value, cost = fallback[0][:, None], fallback[1][:, None]
     last = np.where(avail.any(axis=1), k - 1 - np.argmax(avail[:, ::-1], axis=1), -1)
+    extra = np.zeros((n, k)) if check is None else check
     for r in range(k - 1, -1, -1):
         grid = grids[r] if r < k - 1 else np.array([0.0])
         pr = p[:, r : r + 1]
@@ -109,8 +119,9 @@ def evaluate_list(
         accept = avail[:, r : r + 1] & ((last == r)[:, None] | ok)  # (n, G_r)
         a = accept[:, :, None]
         value = (a * q[:, r, None, None] + (~a) * value[:, None, :]).reshape(n, -1)
-        paid = np.where(avail[:, r], c[:, r], 0.0)[:, None, None]
-        cost = (paid + (~a) * cost[:, None, :]).reshape(n, -1)
+        checked = avail[:, r] & (last != r)
+        paid = np.where(avail[:, r], c[:, r] + np.where(checked, extra[:, r], 0.0), 0.0)
+        cost = (paid[:, None, None] + (~a) * cost[:, None, :]).reshape(n, -1)
     return value.mean(axis=0), cost.mean(axis=0)
 
 
@@ -123,11 +134,14 @@ def search_cascades(
     max_rungs: int = 3,
     grid: int = 16,
     on_missing: str = "escalate",
+    check: FloatMatrix | None = None,
 ) -> list[CascadeConfig]:
-    """Every list (ordered by training cost) × threshold combination, scored on ``table``."""
+    """Every list (ordered by training cost) × threshold combination, scored on ``table``
+    (``check``: the signal's cost per answer beyond ``table.cost``, paid where it is read)."""
     cols = {m: table.model_index(m) for m in candidates}
     q = np.nan_to_num(table.score)
     c = np.nan_to_num(table.cost)
+    k = np.zeros_like(c) if check is None else np.nan_to_num(check)
     fb_col = _fallback_cols(table, available, stats)
     rows = np.arange(table.n_prompts)
     fallback = (q[rows, fb_col], c[rows, fb_col])
@@ -138,7 +152,14 @@ def search_cascades(
             idx = [cols[m] for m in rungs]
             gs = [grids[m] for m in rungs[:-1]]
             quality, cost = evaluate_list(
-                q[:, idx], c[:, idx], p[:, idx], available[:, idx], gs, fallback, on_missing
+                q[:, idx],
+                c[:, idx],
+                p[:, idx],
+                available[:, idx],
+                gs,
+                fallback,
+                on_missing,
+                k[:, idx],
             )
             combos = itertools.product(*[list(g) for g in gs])
             for i, taus in enumerate(combos):
@@ -239,6 +260,7 @@ class FrugalGPTCascade(Policy):
             self.max_rungs,
             self.grid,
             self.on_missing,
+            self.calibrated_.signal.offline_overhead(validation)[0],
         )
         if self.budgets is not None:
             budgets = np.asarray(sorted(self.budgets), dtype=np.float64)

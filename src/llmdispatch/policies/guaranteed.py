@@ -149,7 +149,8 @@ class GuaranteedCascade(Policy):
         ref = table.score[:, table.model_index(rungs[-1])]
         got = table.score[np.arange(table.n_prompts), d.final]
         loss = np.clip(ref - got, 0.0, 1.0)
-        return loss, float((np.nan_to_num(table.cost) * d.called).sum(axis=1).mean())
+        paid = (np.nan_to_num(table.cost) * d.called).sum(axis=1) + d.overhead_cost
+        return loss, float(paid.mean())
 
     def certify(self, validation: OutcomeTable) -> Self:
         """Run learn-then-test on ``validation`` for every ε of the knob and ``epsilon``."""
@@ -268,19 +269,38 @@ def _combinations(items: Sequence[str], size: int) -> list[tuple[str, ...]]:
 
 @dataclass(frozen=True)
 class GuaranteeCheck:
-    """Outcome of re-splitting: how often the stated bound failed on the test part."""
+    """Outcome of re-splitting for one ε: how often the stated bound failed on the test part.
+
+    ``drops`` is the realised ``mean(s_ref − s_cascade)`` on each test part (the quantity the
+    guarantee bounds); ``losses`` the realised certified loss ``mean(max(0, s_ref −
+    s_cascade))`` (never below the drop); ``costs`` and ``reference_costs`` the cascade's and
+    the reference's mean cost per query there.
+    """
 
     epsilon: float
     delta: float
     splits: int
-    failures: int
-    drops: FloatVector  # realised mean(s_ref − s_cascade) on each test part
-    costs: FloatVector  # realised mean cost per query on each test part
+    drops: FloatVector
+    losses: FloatVector
+    costs: FloatVector
+    reference_costs: FloatVector
+
+    @property
+    def failures(self) -> int:
+        """Splits whose realised drop exceeded ε."""
+        return int((self.drops > self.epsilon + 1e-12).sum())
 
     @property
     def failure_share(self) -> float:
         """Share of splits whose realised drop exceeded ε."""
         return self.failures / self.splits if self.splits else float("nan")
+
+    @property
+    def loss_failure_share(self) -> float:
+        """Share of splits whose realised certified loss exceeded ε."""
+        if not self.splits:
+            return float("nan")
+        return float((self.losses > self.epsilon + 1e-12).mean())
 
 
 def check_guarantee(
@@ -289,23 +309,36 @@ def check_guarantee(
     splits: int = 200,
     validation_fraction: float = 0.5,
     seed: int = 0,
-) -> GuaranteeCheck:
+    epsilons: Sequence[float] | None = None,
+) -> list[GuaranteeCheck]:
     """Re-split ``pool`` into validation/test ``splits`` times; certify on validation and
-    measure the drop versus the reference on test. ``policy`` must be ``fit_base``-ed on data
-    disjoint from ``pool``; it is left certified on the last split."""
+    measure the drop versus the reference on test, for every ε in ``epsilons`` (default: the
+    policy's knob). ``policy`` must be ``fit_base``-ed on data disjoint from ``pool``; it is
+    left certified on the last split."""
     rng = np.random.default_rng(seed)
     n_val = round(validation_fraction * pool.n_prompts)
+    if not 0 < n_val < pool.n_prompts:
+        raise ValueError("validation_fraction leaves no validation or no test prompt")
     ref = pool.model_index(policy.rungs_[-1])
-    drops, costs = np.empty(splits), np.empty(splits)
     p_all = policy.calibrated_.transform(pool)
+    chosen = [float(e) for e in (epsilons if epsilons is not None else policy.epsilons)]
+    policy.epsilons = tuple(sorted({*policy.epsilons, *chosen}))
+    drops, losses, costs, ref_costs = (np.empty((len(chosen), splits)) for _ in range(4))
     for s in range(splits):
         order = rng.permutation(pool.n_prompts)
         val, test = order[:n_val], order[n_val:]
         policy.certify(pool.take(val))
         table = pool.take(test)
-        d = policy._decisions(table, table.known, p_all[test], policy.threshold_for(policy.epsilon))
-        got = table.score[np.arange(table.n_prompts), d.final]
-        drops[s] = float(np.nanmean(table.score[:, ref] - got))
-        costs[s] = float((np.nan_to_num(table.cost) * d.called).sum(axis=1).mean())
-    failures = int((drops > policy.epsilon + 1e-12).sum())
-    return GuaranteeCheck(policy.epsilon, policy.delta, splits, failures, drops, costs)
+        rows = np.arange(table.n_prompts)
+        for k, e in enumerate(chosen):
+            d = policy._decisions(table, table.known, p_all[test], policy.threshold_for(e))
+            diff = table.score[:, ref] - table.score[rows, d.final]
+            drops[k, s] = float(np.nanmean(diff))
+            losses[k, s] = float(np.nanmean(np.clip(diff, 0.0, 1.0)))
+            paid = (np.nan_to_num(table.cost) * d.called).sum(axis=1) + d.overhead_cost
+            costs[k, s] = float(paid.mean())
+            ref_costs[k, s] = float(np.nanmean(table.cost[:, ref]))
+    return [
+        GuaranteeCheck(e, policy.delta, splits, drops[k], losses[k], costs[k], ref_costs[k])
+        for k, e in enumerate(chosen)
+    ]

@@ -27,6 +27,7 @@ from llmdispatch.query import Query
 from llmdispatch.signals.base import Response, Signal
 from llmdispatch.signals.calibration import (
     Calibrator,
+    ConstantCalibrator,
     expected_calibration_error,
     make_calibrator,
 )
@@ -50,8 +51,8 @@ class CalibratedSignal:
     by_dataset:
         Fit a calibrator per (model, data-set label) where the group is large enough.
     min_group:
-        Least number of (raw value, outcome) pairs, with both outcomes present, to fit a
-        calibrator for a group.
+        Least number of (raw value, outcome) pairs to fit a calibrator for a group (a group
+        with one outcome only gets its base rate).
     folds:
         Cross-fitting folds for signals that learn.
     """
@@ -104,8 +105,12 @@ class CalibratedSignal:
 
     def _fit_one(self, x: FloatMatrix, y: FloatMatrix) -> Calibrator | None:
         ok = ~(np.isnan(x) | np.isnan(y))
-        if ok.sum() < self.min_group or len(np.unique(y[ok] >= 0.5)) < 2:
+        if ok.sum() < self.min_group:
             return None
+        if len(np.unique(y[ok] >= 0.5)) < 2:
+            # One outcome only (a model always right on a group): the signal cannot rank
+            # answers there, and the base rate is the best estimate.
+            return ConstantCalibrator().fit(x[ok], y[ok])
         return make_calibrator(self.method).fit(x[ok], y[ok])
 
     # ---- applying -----------------------------------------------------------------------

@@ -6,8 +6,14 @@
   tables that record responses but no confidence.
 * ``cascade-guaranteed``: thresholds certified by learn-then-test (quality drop ≤ ε vs the
   strongest model with probability ≥ 1 − δ).
-* ``cascade-routing`` and ``router-cascade``: the compositions of
-  :mod:`llmdispatch.policies.composite` with the kNN router and the recorded confidence.
+* ``cascade-routing`` (Dekoninck et al., ICML 2025) and ``router-cascade`` (the router picks
+  the entry model, a ladder escalates above it): the compositions of
+  :mod:`llmdispatch.policies.composite`, with the kNN router and the recorded confidence.
+
+Costs are replayed as the table records them; for ``cascades9`` that bills the self-check
+behind each open-ended confidence with every answer, routers included
+(``benchmarks/bench_cascades.py`` also reports the unbundled accounting, see
+:func:`llmdispatch.signals.recorded.unbundle_checks`).
 """
 
 from __future__ import annotations
