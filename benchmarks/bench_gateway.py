@@ -78,9 +78,10 @@ def rss_mib(pid: int) -> float:
     return total / 1024
 
 
-@contextmanager
-def process(cmd: list[str], url: str, env: dict[str, str] | None = None, ready: str = "") -> Any:
-    """Start a server process, wait until ``url + ready`` answers, stop it afterwards."""
+def _start(
+    cmd: list[str], url: str, env: dict[str, str] | None, ready: str
+) -> tuple[subprocess.Popen[bytes], Any]:
+    """Start a server process and wait until ``url + ready`` answers; its log file."""
     log = tempfile.NamedTemporaryFile("w+", delete=False, suffix=".log")  # noqa: SIM115
     proc = subprocess.Popen(
         cmd,
@@ -89,29 +90,53 @@ def process(cmd: list[str], url: str, env: dict[str, str] | None = None, ready: 
         env={**os.environ, **(env or {})},
         start_new_session=True,
     )
+    deadline = time.time() + 180
+    while True:
+        try:
+            r = httpx.get(url + ready, timeout=2)
+            if r.status_code < 500:
+                return proc, log
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            _stop(proc, log)
+            with open(log.name) as f:
+                text = f.read()[-3000:]
+            os.unlink(log.name)
+            why = "timed out" if proc.returncode is None else f"exited {proc.returncode}"
+            raise RuntimeError(f"{cmd[0]} did not start ({why}):\n{text}")
+        time.sleep(0.25)
+
+
+def _stop(proc: subprocess.Popen[bytes], log: Any) -> None:
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                r = httpx.get(url + ready, timeout=2)
-                if r.status_code < 500:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                log.seek(0)
-                raise RuntimeError(f"{cmd[0]} did not start:\n{log.read()[-3000:]}")
-            time.sleep(0.25)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except ProcessLookupError:
+        pass  # it had already exited
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+    log.close()
+
+
+@contextmanager
+def process(
+    cmd: list[str], url: str, env: dict[str, str] | None = None, ready: str = "", tries: int = 2
+) -> Any:
+    """A server process for the ``with`` block; a start that fails is retried once."""
+    for attempt in range(tries):
+        try:
+            proc, log = _start(cmd, url, env, ready)
+            break
+        except RuntimeError as e:
+            if attempt + 1 == tries:
+                raise
+            print(f"   retrying: {str(e).splitlines()[0]}", flush=True)
+    try:
         yield proc
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except ProcessLookupError:
-            pass  # it had already exited (its log was reported above)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        _stop(proc, log)
         os.unlink(log.name)
 
 
@@ -395,7 +420,14 @@ def main() -> None:
             auth = [f"Authorization: Bearer {LITELLM_KEY}"] if "LITELLM_MASTER_KEY" in env else []
             entry: dict[str, Any] = {"variants": {}}
             ready = "/healthz" if name.startswith("llmdispatch") else "/health/liveliness"
-            with process(cmd, url, env=env, ready=ready) as proc:
+            try:
+                server = process(cmd, url, env=env, ready=ready)
+                proc = server.__enter__()
+            except RuntimeError as e:
+                print(f"   {e}", flush=True)
+                results["proxies"][name] = {"error": str(e).splitlines()[0], "variants": {}}
+                continue
+            try:
                 entry["rss_rest_mib"] = rss_mib(proc.pid)
                 target = url + "/v1/chat/completions"
                 for vname, model in variants.items():
@@ -424,13 +456,20 @@ def main() -> None:
                     entry["variants"][vname] = v
                     print(f"   {vname}: {v['saturation']['best']['rps']:.0f} req/s", flush=True)
                 entry["rss_load_mib"] = rss_mib(proc.pid)
+            finally:
+                server.__exit__(None, None, None)
             results["proxies"][name] = entry
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "performance").mkdir(exist_ok=True)
-    (args.out / "performance" / "performance.json").write_text(json.dumps(results, indent=1))
+            save(results, args.out)  # a later failure keeps what was measured
+    save(results, args.out)
     write_markdown(results, ROOT / "docs" / "performance.md")
     shutil.rmtree(work, ignore_errors=True)
     print((ROOT / "docs" / "performance.md").read_text())
+
+
+def save(results: dict[str, Any], out: Path) -> None:
+    """``OUT/performance/performance.json``."""
+    (out / "performance").mkdir(parents=True, exist_ok=True)
+    (out / "performance" / "performance.json").write_text(json.dumps(results, indent=1))
 
 
 def write_markdown(r: dict[str, Any], path: Path) -> None:
@@ -482,11 +521,20 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
         "",
         "## Memory (resident MiB, all worker processes)",
         "",
-        "| proxy | at rest | after load |",
-        "|---|---:|---:|",
+        "| proxy | at rest | after load | per worker after load |",
+        "|---|---:|---:|---:|",
     ]
     for name, e in r["proxies"].items():
-        lines.append(f"| {name} | {e['rss_rest_mib']:.0f} | {e['rss_load_mib']:.0f} |")
+        if "error" in e:
+            continue
+        workers = 2 if "2 workers" in name else 1
+        lines.append(
+            f"| {name} | {e['rss_rest_mib']:.0f} | {e['rss_load_mib']:.0f} | "
+            f"{e['rss_load_mib'] / workers:.0f} |"
+        )
+    failed = [f"- {name}: {e['error']}" for name, e in r["proxies"].items() if "error" in e]
+    if failed:
+        lines += ["", "Failed to start in this run (no figures):", "", *failed]
     lines += [
         "",
         f"A loaded default router artifact adds {r['router_artifact_rss_mib']:.1f} MiB.",
@@ -512,7 +560,7 @@ def _ratios(r: dict[str, Any]) -> list[str]:
         theirs = next(
             (e for n, e in proxies.items() if n.startswith("LiteLLM") and n.endswith(workers)), None
         )
-        if ours is None or theirs is None:
+        if ours is None or theirs is None or "error" in ours or "error" in theirs:
             continue
         for variant in ("pass-through", "router"):
             a = ours["variants"][variant]["saturation"]["best"]["rps"]

@@ -16,12 +16,12 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from llmdispatch.estimators._common import as_dense
-from llmdispatch.types import Features, FloatMatrix
+from llmdispatch.types import Features, FloatMatrix, FloatVector
 
 _MAX_DENSE_COLUMNS = 4096
 CHUNK_ROWS = 1024
 #: Up to this many query rows, rows are gathered one by one (live requests).
-_FEW_ROWS = 8
+FEW_ROWS = 8
 
 
 class SimilarityIndex:
@@ -54,17 +54,25 @@ class SimilarityIndex:
             dense = as_dense(Xq)
             return np.asarray(np.asarray(dense, dtype=np.float32) @ self._dense_T, np.float64)
         Q = sp.csr_matrix(Xq, dtype=np.float32)
-        if Q.shape[0] <= _FEW_ROWS:
+        if Q.shape[0] <= FEW_ROWS:
             return np.vstack([self._dot_row(Q, i) for i in range(Q.shape[0])])
         out = np.asarray(Q[:, self._freq].toarray() @ self._dense_T, dtype=np.float64)
         out += (_drop_columns(Q, self._freq_mask) @ self._rare_T).toarray()
         return out
 
     def _dot_row(self, Q: sp.csr_matrix, i: int) -> FloatMatrix:
-        """One query row: gather only its columns (a live request's path, ~100× faster
-        than slicing the sparse matrix by the frequent columns)."""
+        """One query row of :meth:`dot`."""
         lo, hi = Q.indptr[i], Q.indptr[i + 1]
-        cols, vals = Q.indices[lo:hi], Q.data[lo:hi]
+        return self.dot_one(Q.indices[lo:hi], Q.data[lo:hi])[None, :]
+
+    def dot_one(self, cols: npt.NDArray[np.int32], vals: npt.NDArray[np.float32]) -> FloatVector:
+        """Inner products of one sparse query (its columns and values) with every training
+        row: gathers only its columns (a live request's path, ~100× faster than slicing the
+        sparse matrix by the frequent columns)."""
+        if self._freq is None:
+            dense = np.zeros(self.n_features, dtype=np.float32)
+            dense[cols] = vals
+            return np.asarray(dense @ self._dense_T, dtype=np.float64)
         pos = self._freq_pos[cols]
         frequent = pos >= 0
         out = np.zeros(self.n_rows, dtype=np.float64)
@@ -81,7 +89,7 @@ class SimilarityIndex:
                 idx = offsets + np.arange(total)
                 weights = T.data[idx] * np.repeat(vals[~frequent], lengths)
                 out += np.bincount(T.indices[idx], weights=weights, minlength=self.n_rows)
-        return out[None, :]
+        return out
 
     def chunks(self, Xq: Features) -> Iterator[tuple[int, FloatMatrix]]:
         """``(start, block)`` of :meth:`dot` over row chunks, to bound memory."""

@@ -43,7 +43,7 @@ from llmdispatch.estimators._common import (
     masked_mse,
     table_scores,
 )
-from llmdispatch.estimators._similarity import SimilarityIndex
+from llmdispatch.estimators._similarity import FEW_ROWS, SimilarityIndex
 from llmdispatch.estimators.base import QualityEstimator, clip_quality
 from llmdispatch.registry import register
 from llmdispatch.types import Features, FloatMatrix, IntVector
@@ -121,6 +121,7 @@ class KNNEstimator(QualityEstimator):
         Xn = l2_normalize(check_features(X, table.n_prompts))
         self.X_train_ = Xn
         self._index_cache: SimilarityIndex | None = None
+        self._targets_cache: tuple[FloatMatrix, FloatMatrix] | None = None
         self.n_features_ = int(Xn.shape[1])
         self.Y_ = scores.Y
         self.M_ = scores.M
@@ -138,10 +139,11 @@ class KNNEstimator(QualityEstimator):
     def predict(self, X: Features) -> FloatMatrix:
         """Expected quality ``Q[n, m]`` of each model on each query."""
         self._check_fitted()
+        if sp.issparse(X) and X.shape[0] <= FEW_ROWS:
+            return self._predict_few(sp.csr_matrix(X))
         Xq = l2_normalize(check_features(X))
         check_n_features(Xq, self.n_features_)
-        YM = self.Y_ * self.M_
-        Mf = self.M_.astype(np.float64)
+        YM, Mf = self._targets()
         out = np.empty((Xq.shape[0], len(self.models_)), dtype=np.float64)
         n_train = self.Y_.shape[0]
         for start, sims in self._index().chunks(Xq):
@@ -153,6 +155,34 @@ class KNNEstimator(QualityEstimator):
             den = W @ Mf + self.prior_strength_
             out[start : start + len(w)] = _divide(num, den, self.prior_)
         return clip_quality(out)
+
+    def _predict_few(self, X: sp.csr_matrix) -> FloatMatrix:
+        """The live path for a handful of sparse rows: the same formula as :meth:`predict`
+        without building sparse matrices (their construction costs more than the maths)."""
+        check_n_features(X, self.n_features_)
+        if not np.all(np.isfinite(X.data)):
+            raise ValueError("X contains NaN or infinite values")
+        YM, Mf = self._targets()
+        index = self._index()
+        out = np.empty((X.shape[0], len(self.models_)), dtype=np.float64)
+        for i in range(X.shape[0]):
+            lo, hi = X.indptr[i], X.indptr[i + 1]
+            vals = np.asarray(X.data[lo:hi], dtype=np.float32)
+            norm = float(np.sqrt(np.dot(vals, vals)))
+            sims = index.dot_one(X.indices[lo:hi], vals / norm if norm > 0 else vals)
+            idx, top = _top_k(sims[None, :], self.k_)
+            w = _weights(top, self.temperature_)[0]
+            num = w @ YM[idx[0]] + self.prior_strength_ * self.prior_
+            den = w @ Mf[idx[0]] + self.prior_strength_
+            out[i] = _divide(num, den, self.prior_)
+        return clip_quality(out)
+
+    def _targets(self) -> tuple[FloatMatrix, FloatMatrix]:
+        """Known scores ``Y ⊙ M`` and the mask as floats (cached: reused by every query)."""
+        cached = getattr(self, "_targets_cache", None)
+        if cached is None:
+            cached = self._targets_cache = (self.Y_ * self.M_, self.M_.astype(np.float64))
+        return cached
 
     def _index(self) -> SimilarityIndex:
         index = getattr(self, "_index_cache", None)
@@ -187,6 +217,7 @@ class KNNEstimator(QualityEstimator):
         est.models_ = tuple(state["models"])
         est.X_train_ = features_from_state(state["X_train"])
         est._index_cache = None
+        est._targets_cache = None
         est.n_features_ = int(est.X_train_.shape[1])
         est.Y_ = np.asarray(state["Y"], dtype=np.float64)
         est.M_ = np.asarray(state["M"], dtype=bool)

@@ -241,10 +241,15 @@ class Router(Policy):
         return self.costs_.for_queries(queries)
 
     def _allow_mask(self) -> np.ndarray:
-        covered = np.isin(np.array(self.models_), np.array(self.estimator_.models_))
-        if self.allow is None:
-            return covered
-        return covered & np.isin(np.array(self.models_), np.array(self.allow))
+        """Models the estimator covers and the allow-list admits (cached: read per request)."""
+        key = (self.models_, tuple(self.estimator_.models_), self.allow)
+        cached = getattr(self, "_allow_cache", None)
+        if cached is None or cached[0] != key:
+            covered = np.isin(np.array(self.models_), np.array(self.estimator_.models_))
+            if self.allow is not None:
+                covered &= np.isin(np.array(self.models_), np.array(self.allow))
+            cached = self._allow_cache = (key, covered)
+        return cached[1]
 
     @staticmethod
     def choose(
