@@ -23,6 +23,7 @@ ROUTERS: dict[str, dict[str, Any]] = {
     "linear": {"estimator": "linear"},
     "mlp": {"estimator": "mlp"},
     "mf": {"estimator": "mf"},
+    "embedllm": {"estimator": "embedllm"},
     "uniroute": {"estimator": "uniroute"},
     "bradley-terry": {"estimator": "bradley-terry"},
     "sw-ranking": {"estimator": "sw-ranking"},
