@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from typing import Any, Self
 
 import numpy as np
+from scipy.special import expit
 
 from llmdispatch.types import FloatVector
 
@@ -109,7 +110,7 @@ class LogisticCalibrator(Calibrator):
 
         def loss(w: FloatVector) -> tuple[float, FloatVector]:
             t = w[0] * z + w[1]
-            p = 1.0 / (1.0 + np.exp(-t))
+            p = expit(t)
             nll = np.mean(np.logaddexp(0.0, t) - ys * t) + lam * w[0] ** 2
             g = p - ys
             return float(nll), np.array([np.mean(g * z) + 2 * lam * w[0], np.mean(g)])
@@ -125,7 +126,7 @@ class LogisticCalibrator(Calibrator):
         """σ(a·x + b); NaN in, NaN out."""
         x = np.asarray(x, dtype=np.float64)
         t = self.coef_ * _clean(np.nan_to_num(x, nan=0.0)) + self.intercept_
-        return np.where(np.isnan(x), np.nan, 1.0 / (1.0 + np.exp(-t)))
+        return np.where(np.isnan(x), np.nan, expit(t))
 
     def get_state(self) -> dict[str, Any]:
         """Slope and intercept on the raw scale."""
