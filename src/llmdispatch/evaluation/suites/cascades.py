@@ -6,9 +6,11 @@
   tables that record responses but no confidence.
 * ``cascade-guaranteed``: thresholds certified by learn-then-test (quality drop ≤ ε vs the
   strongest model with probability ≥ 1 − δ).
-* ``cascade-routing`` (Dekoninck et al., ICML 2025) and ``router-cascade`` (the router picks
-  the entry model, a ladder escalates above it): the compositions of
-  :mod:`llmdispatch.policies.composite`, with the kNN router and the recorded confidence.
+* ``cascade-routing`` (Dekoninck et al., ICML 2025; here it may also make its final call
+  without reading the signal) and ``router-cascade`` (the router picks the entry model, a
+  ladder escalates above it; entry, ladder and threshold chosen per data-set label): the
+  compositions of :mod:`llmdispatch.policies.composite`, with the kNN router and the
+  recorded confidence, tuned on cross-fitted training prompts plus the validation split.
 
 Costs are replayed as the table records them; for ``cascades9`` that bills the self-check
 behind each open-ended confidence with every answer, routers included
