@@ -5,8 +5,10 @@
 Runs, in order: ``llmdispatch bench`` on every shared data set (routers, cascades,
 compositions, bandits and the references), ``benchmarks/bench_cascades.py`` (compositions vs
 routers vs cascades per benchmark, guarantee check), ``benchmarks/bench_online.py``
-(online learners: regret, warm start, shift and drift) and
-``benchmarks/bench_router_overhead.py`` (decision latency and throughput). Then it
+(online learners: regret, warm start, shift and drift),
+``benchmarks/bench_router_overhead.py`` (decision latency and throughput) and
+``benchmarks/bench_encoders.py`` (kNN quality and speed per encoder: TF-IDF, LSA, MiniLM and
+the static table distilled from MiniLM). Then it
 assembles their Markdown reports into ``docs/benchmarks.md`` and copies the plots to
 ``docs/img/``. ``--skip-run`` only assembles what ``OUT`` already holds.
 """
@@ -77,6 +79,8 @@ def main() -> None:
         times["cascades"] = run([py, "benchmarks/bench_cascades.py", "--out", str(out)])
         times["online"] = run([py, "benchmarks/bench_online.py", "--out", str(out)])
         times["overhead"] = run([py, "benchmarks/bench_router_overhead.py", "--out", str(out)])
+        encoders = [py, "benchmarks/bench_encoders.py", "--out", str(out)]
+        times["encoders"] = run([*encoders, "--bootstrap", str(args.bootstrap)])
     docs = ROOT / "docs"
     img = docs / "img"
     img.mkdir(parents=True, exist_ok=True)
@@ -103,6 +107,8 @@ def main() -> None:
         "Gateway latency, throughput and memory beside LiteLLM: [performance.md](performance.md).",
         "",
     ]
+    lines += ["## Encoders: MiniLM quality at hashing speed?", ""]
+    lines += section(out / "encoders" / "encoders.md", out / "encoders", img, "encoders-", 2)
     (docs / "benchmarks.md").write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {docs / 'benchmarks.md'}")
     update_readme(out / "report.md", ROOT / "README.md")
