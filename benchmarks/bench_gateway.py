@@ -57,9 +57,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def rss_mib(pid: int) -> float:
-    """Resident size of a process and its children, in MiB (from /proc)."""
-    total = 0
+def _rss_by_process(pid: int) -> dict[int, float]:
+    """Resident size in MiB of a process and of each of its children (from /proc)."""
     pids = [pid]
     try:
         children = subprocess.run(
@@ -68,14 +67,26 @@ def rss_mib(pid: int) -> float:
         pids += [int(c) for c in children]
     except OSError:
         pass
+    out: dict[int, float] = {}
     for p in pids:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+                    out[p] = int(line.split()[1]) / 1024
         except OSError:
             continue
-    return total / 1024
+    return out
+
+
+def rss_mib(pid: int) -> float:
+    """Resident size of a process and its children, in MiB."""
+    return sum(_rss_by_process(pid).values())
+
+
+def worker_rss_mib(pid: int) -> float:
+    """The resident size of the largest process of a server (with several workers, the
+    largest worker: the supervisor serves nothing and is smaller), in MiB."""
+    return max(_rss_by_process(pid).values(), default=0.0)
 
 
 def _start(
@@ -326,7 +337,16 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer rounds and shorter runs")
     ap.add_argument("--no-litellm", action="store_true")
     ap.add_argument("--litellm-version", default="1.106.0")
+    ap.add_argument(
+        "--markdown-only",
+        type=Path,
+        metavar="JSON",
+        help="rewrite docs/performance.md from a saved performance.json without measuring",
+    )
     args = ap.parse_args()
+    if args.markdown_only:
+        write_markdown(json.loads(args.markdown_only.read_text()), ROOT / "docs" / "performance.md")
+        return
     rounds, n1, sat_s = (2, 150, 5.0) if args.quick else (4, 300, 10.0)
 
     from llmdispatch.data import load_table
@@ -342,6 +362,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Linux "
         f"{platform.release()}, Python {platform.python_version()}",
         "upstream": "llmdispatch serve-replay cascades9 (2 workers)",
+        "command": " ".join([".venv/bin/python benchmarks/bench_gateway.py", *sys.argv[1:]]),
         "proxies": {},
     }
     results["router_artifact_rss_mib"] = artifact_rss(arts["router"])
@@ -462,6 +483,7 @@ def main() -> None:
                 continue
             try:
                 entry["rss_rest_mib"] = rss_mib(proc.pid)
+                entry["rss_worker_rest_mib"] = worker_rss_mib(proc.pid)
                 target = url + "/v1/chat/completions"
                 for vname, model in variants.items():
                     body = bodies(work, prompts, model, False)
@@ -489,6 +511,7 @@ def main() -> None:
                     entry["variants"][vname] = v
                     print(f"   {vname}: {v['saturation']['best']['rps']:.0f} req/s", flush=True)
                 entry["rss_load_mib"] = rss_mib(proc.pid)
+                entry["rss_worker_load_mib"] = worker_rss_mib(proc.pid)
             finally:
                 server.__exit__(None, None, None)
             results["proxies"][name] = entry
@@ -531,8 +554,9 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
     lines = [
         "# Performance: llmdispatch's gateway beside LiteLLM's proxy",
         "",
-        "Produced by `.venv/bin/python benchmarks/bench_gateway.py` (one run, every proxy "
-        "against the same upstream on the same machine, load from a separate process).",
+        f"Produced by `{r.get('command', '.venv/bin/python benchmarks/bench_gateway.py')}` "
+        "(one run, every proxy against the same upstream on the same machine, load from a "
+        "separate process).",
         "",
         f"Machine: {r['machine']}. Upstream: {r['upstream']}, alone "
         f"{r['upstream_alone']['best']['rps']:.0f} requests/s.",
@@ -575,16 +599,15 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
         "",
         "## Memory (resident MiB, all worker processes)",
         "",
-        "| proxy | at rest | after load | per worker after load |",
-        "|---|---:|---:|---:|",
+        "| proxy | at rest | after load | largest worker at rest | largest worker after load |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, e in r["proxies"].items():
         if "error" in e:
             continue
-        workers = 2 if "2 workers" in name else 1
         lines.append(
             f"| {name} | {e['rss_rest_mib']:.0f} | {e['rss_load_mib']:.0f} | "
-            f"{e['rss_load_mib'] / workers:.0f} |"
+            f"{_mib(e.get('rss_worker_rest_mib'))} | {_mib(e.get('rss_worker_load_mib'))} |"
         )
     failed = [f"- {name}: {e['error']}" for name, e in r["proxies"].items() if "error" in e]
     if failed:
@@ -604,6 +627,11 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
         for stage, t in r["router_breakdown"].items():
             lines.append(f"| {stage} | {t['p50_us']:.0f} | {t['p99_us']:.0f} |")
         lines += ["", *PROFILE_NOTES, ""]
+    targets = _targets(r)
+    if targets:
+        lines += ["## Targets and where this run stands", ""]
+        lines += [f"- {line}" for line in targets]
+        lines.append("")
     ratios = _ratios(r)
     if ratios:
         lines += ["## Ratios versus LiteLLM (same run)", ""]
@@ -611,6 +639,57 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
         lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
+
+
+def _mib(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0f}"
+
+
+def _targets(r: dict[str, Any]) -> list[str]:
+    """The performance targets, each with this run's figure and ``met`` / ``missed``."""
+    proxies = r["proxies"]
+
+    def find(prefix: str, workers: str) -> dict[str, Any] | None:
+        e = next((e for n, e in proxies.items() if n.startswith(prefix) and workers in n), None)
+        return None if e is None or "error" in e else e
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "missed"
+
+    out = []
+    ours = find("llmdispatch", "(1 worker)")
+    if ours is None:
+        return out
+    for variant, limit in (("pass-through", 1.0), ("router", 2.0)):
+        lat = ours["variants"][variant].get("latency")
+        if lat:
+            v = lat[0]["added_p50_ms"]
+            out.append(
+                f"added p50 at concurrency 1, {variant} < {limit:g} ms: {v:.2f} ms, "
+                f"{verdict(v < limit)}"
+            )
+    for workers in ("(1 worker)", "(2 workers)"):
+        a, b = find("llmdispatch", workers), find("LiteLLM", workers)
+        if a is None or b is None:
+            continue
+        for variant in ("pass-through", "router"):
+            x = a["variants"][variant]["saturation"]["best"]["rps"]
+            y = b["variants"][variant]["saturation"]["best"]["rps"]
+            if y > 0:
+                out.append(
+                    f"throughput ≥ 10× LiteLLM, {variant}, {workers[1:-1]}: {x / y:.1f}×, "
+                    f"{verdict(x / y >= 10)}"
+                )
+    for workers in ("(1 worker)", "(2 workers)"):
+        e = find("llmdispatch", workers)
+        if e is not None and "rss_worker_load_mib" in e:
+            rest, load = e["rss_worker_rest_mib"], e["rss_worker_load_mib"]
+            out.append(
+                f"resident memory with a loaded router < 150 MiB per worker, {workers[1:-1]}: "
+                f"{rest:.0f} MiB at rest ({verdict(rest < 150)}), {load:.0f} MiB after load "
+                f"({verdict(load < 150)})"
+            )
+    return out
 
 
 def _ratios(r: dict[str, Any]) -> list[str]:
