@@ -10,6 +10,7 @@ sparse; the sum is the exact same product, 5-20× faster on prompt sets with sha
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -44,9 +45,19 @@ class SimilarityIndex:
         self._freq_mask[freq] = True
         self._dense_T = np.ascontiguousarray(X[:, freq].toarray().T)
         self._rare_T = _drop_columns(X, self._freq_mask).T.tocsr()
-        # Column → row of ``_dense_T`` (or -1), for the one-query path.
-        self._freq_pos = np.full(X.shape[1], -1, dtype=np.int64)
-        self._freq_pos[freq] = np.arange(len(freq))
+        # For the one-query path, one lookup per query column: ``~row`` of ``_dense_T`` for a
+        # dense column, else a slot of ``_slot_ptr`` (0: no stored entry, an empty range).
+        T = self._rare_T
+        stored = np.flatnonzero(np.diff(T.indptr))
+        self._code = np.zeros(X.shape[1], dtype=np.int32)
+        self._code[stored] = np.arange(1, len(stored) + 1)
+        self._code[freq] = ~np.arange(len(freq))
+        # Slot s spans ``T.data[_slot_ptr[s]:_slot_ptr[s + 1]]``: columns between two stored
+        # ones are empty, so each stored column ends where the next one starts.
+        self._slot_ptr = np.empty(len(stored) + 2, dtype=np.int64)
+        self._slot_ptr[0] = 0
+        self._slot_ptr[1:-1] = T.indptr[stored]
+        self._slot_ptr[-1] = T.indptr[-1]
 
     def dot(self, Xq: Features) -> FloatMatrix:
         """Dense ``(n_q, n_train)`` inner products as float64."""
@@ -73,22 +84,29 @@ class SimilarityIndex:
             dense = np.zeros(self.n_features, dtype=np.float32)
             dense[cols] = vals
             return np.asarray(dense @ self._dense_T, dtype=np.float64)
-        pos = self._freq_pos[cols]
-        frequent = pos >= 0
-        out = np.zeros(self.n_rows, dtype=np.float64)
-        if frequent.any():
-            out += vals[frequent] @ self._dense_T[pos[frequent]]
-        rare = cols[~frequent]
-        if len(rare):
+        code = self._code[cols]
+        # Stored entries of the sparse columns, one index range per query column (empty for
+        # dense and unseen columns); each training row sums them in query-column order.
+        slots = np.maximum(code, 0)
+        starts = self._slot_ptr[slots]
+        slots += 1
+        lengths = self._slot_ptr[slots] - starts
+        ends = np.cumsum(lengths)
+        total = int(ends[-1]) if len(ends) else 0
+        if total:
             T = self._rare_T
-            starts, ends = T.indptr[rare], T.indptr[rare + 1]
-            lengths = ends - starts
-            total = int(lengths.sum())
-            if total:
-                offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-                idx = offsets + np.arange(total)
-                weights = T.data[idx] * np.repeat(vals[~frequent], lengths)
-                out += np.bincount(T.indices[idx], weights=weights, minlength=self.n_rows)
+            entries = np.repeat(starts - ends + lengths, lengths)
+            entries += np.arange(total)
+            weights = T.data[entries] * np.repeat(vals, lengths)
+            # float64: np.bincount with weights (typed as returning integers).
+            out = cast(
+                FloatVector, np.bincount(T.indices[entries], weights=weights, minlength=self.n_rows)
+            )
+        else:
+            out = np.zeros(self.n_rows, dtype=np.float64)
+        in_block = code < 0
+        if in_block.any():
+            out += vals[in_block] @ np.take(self._dense_T, ~code[in_block], axis=0)
         return out
 
     def chunks(self, Xq: Features) -> Iterator[tuple[int, FloatMatrix]]:

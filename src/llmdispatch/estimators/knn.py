@@ -24,9 +24,10 @@ are chosen by leave-one-out on the training rows: neighbours are found once at t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import numpy as np
+import numpy.typing as npt
 import scipy.sparse as sp
 
 from llmdispatch.data.table import OutcomeTable
@@ -46,7 +47,10 @@ from llmdispatch.estimators._common import (
 from llmdispatch.estimators._similarity import FEW_ROWS, SimilarityIndex
 from llmdispatch.estimators.base import QualityEstimator, clip_quality
 from llmdispatch.registry import register
-from llmdispatch.types import Features, FloatMatrix, IntVector
+from llmdispatch.types import Features, FloatMatrix, FloatVector, IntVector
+
+if TYPE_CHECKING:
+    from llmdispatch.features.hashing import SparseRow
 
 Auto = Literal["auto"]
 DEFAULT_K_GRID = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)
@@ -157,25 +161,39 @@ class KNNEstimator(QualityEstimator):
         return clip_quality(out)
 
     def _predict_few(self, X: sp.csr_matrix) -> FloatMatrix:
-        """The live path for a handful of sparse rows: the same formula as :meth:`predict`
-        without building sparse matrices (their construction costs more than the maths)."""
+        """The live path for a handful of sparse rows: :meth:`predict_row` row by row."""
         check_n_features(X, self.n_features_)
-        if not np.all(np.isfinite(X.data)):
-            raise ValueError("X contains NaN or infinite values")
-        YM, Mf = self._targets()
-        index = self._index()
         out = np.empty((X.shape[0], len(self.models_)), dtype=np.float64)
         for i in range(X.shape[0]):
             lo, hi = X.indptr[i], X.indptr[i + 1]
-            vals = np.asarray(X.data[lo:hi], dtype=np.float32)
-            norm = float(np.sqrt(np.dot(vals, vals)))
-            sims = index.dot_one(X.indices[lo:hi], vals / norm if norm > 0 else vals)
-            idx, top = _top_k(sims[None, :], self.k_)
-            w = _weights(top, self.temperature_)[0]
-            num = w @ YM[idx[0]] + self.prior_strength_ * self.prior_
-            den = w @ Mf[idx[0]] + self.prior_strength_
-            out[i] = _divide(num, den, self.prior_)
-        return clip_quality(out)
+            out[i] = self._predict_one(X.indices[lo:hi], X.data[lo:hi])
+        return out
+
+    def predict_row(self, row: SparseRow) -> FloatVector:
+        """``Q`` of one sparse query row (an encoder's ``encode_query_row``): the formula of
+        :meth:`predict` without building sparse matrices, whose construction costs more than
+        the maths (the live path)."""
+        self._check_fitted()
+        if row.n_features != self.n_features_:
+            raise ValueError(
+                f"X has {row.n_features} features but the estimator was fitted with "
+                f"{self.n_features_} (same encoder?)"
+            )
+        return self._predict_one(row.columns, row.values)
+
+    def _predict_one(self, cols: npt.NDArray[np.int32], values: npt.NDArray[Any]) -> FloatVector:
+        vals = np.asarray(values, dtype=np.float32)
+        square = np.dot(vals, vals)  # not finite when a value is not (or on overflow)
+        if not np.isfinite(square) and not np.isfinite(vals).all():
+            raise ValueError("X contains NaN or infinite values")
+        norm = float(np.sqrt(square))
+        sims = self._index().dot_one(cols, vals / norm if norm > 0 else vals)
+        idx, top = _top_k_one(sims, self.k_)
+        w = _weights(top, self.temperature_)
+        YM, Mf = self._targets()
+        num = w @ YM[idx] + self.prior_strength_ * self.prior_
+        den = w @ Mf[idx] + self.prior_strength_
+        return clip_quality(_divide(num, den, self.prior_))
 
     def _targets(self) -> tuple[FloatMatrix, FloatMatrix]:
         """Known scores ``Y ⊙ M`` and the mask as floats (cached: reused by every query)."""
@@ -241,6 +259,16 @@ def _top_k(sims: FloatMatrix, k: int) -> tuple[IntVector, FloatMatrix]:
     top = np.take_along_axis(sims, idx, axis=1)
     order = np.argsort(-top, axis=1, kind="stable")
     return np.take_along_axis(idx, order, axis=1), np.take_along_axis(top, order, axis=1)
+
+
+def _top_k_one(sims: FloatVector, k: int) -> tuple[IntVector, FloatVector]:
+    """:func:`_top_k` of one row (the same selection and order, without 2-D indexing)."""
+    n = len(sims)
+    k = min(k, n)
+    idx = np.argpartition(-sims, k - 1)[:k] if k < n else np.arange(n)
+    top = sims[idx]
+    order = np.argsort(-top, kind="stable")
+    return idx[order], top[order]
 
 
 def _weights(top: FloatMatrix, temperature: float | None) -> FloatMatrix:

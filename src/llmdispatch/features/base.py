@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar, Self
 
+from llmdispatch.features.hashing import SparseRow
 from llmdispatch.query import Query
 from llmdispatch.types import Features
 
@@ -38,6 +39,12 @@ class Encoder(ABC):
     def encode_queries(self, queries: Sequence[Query]) -> Features:
         """Feature rows for full requests; the default encodes each ``query.text``."""
         return self.encode([q.text for q in queries])
+
+    def encode_query_row(self, query: Query) -> SparseRow | None:
+        """One request's sparse row as sorted ``(columns, values)``, equal to
+        ``encode_queries([query])``, for the live path; ``None`` when the encoder has no such
+        path (dense encoders, or ones that look beyond the text without overriding this)."""
+        return None
 
     @property
     @abstractmethod

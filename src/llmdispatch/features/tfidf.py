@@ -26,7 +26,8 @@ import scipy.sparse as sp
 
 from llmdispatch.features._util import check_texts, digest
 from llmdispatch.features.base import Encoder
-from llmdispatch.features.hashing import NgramHasher, RawCounts, stack_raw, to_csr
+from llmdispatch.features.hashing import NgramHasher, RawCounts, SparseRow, stack_raw, to_csr
+from llmdispatch.query import Query
 from llmdispatch.registry import register
 
 
@@ -113,8 +114,47 @@ class TfidfEncoder(Encoder):
         """L2-normalised TF-IDF rows (float32 CSR, shape ``(n, n_features)``)."""
         self._check_fitted()
         texts = check_texts(texts)
+        if len(texts) == 1:
+            row = self.encode_row(texts[0])
+            indptr = np.array([0, len(row.columns)], dtype=np.int64)
+            return to_csr((indptr, row.columns, row.values), self.n_features)
         parts = [self._weigh(self.hasher_.chunk_counts(c)) for c in self.hasher_.chunks(texts)]
         return to_csr(stack_raw(parts), self.n_features)
+
+    def encode_row(self, text: str) -> SparseRow:
+        """One text's row of :meth:`encode` (sorted columns and their values), without
+        building a sparse matrix: the live path, with the same float32 values as the batch."""
+        self._check_fitted()
+        row = self.hasher_.row_counts(text)
+        cols, values = row.columns, row.values
+        if self.sublinear_tf:
+            np.log(values, out=values)
+            values += 1.0
+        values *= self.idf_[cols]
+        # _mix_blocks for one row: the same float operations in the same order.
+        n_word = int(np.searchsorted(cols, self.n_features >> 1))
+        sq = values * values
+        norms = np.sqrt(np.bincount(cols >= (self.n_features >> 1), weights=sq, minlength=2))
+        word_norm, char_norm = float(norms[0]), float(norms[1])
+        word_scale = np.sqrt(self.word_weight) / word_norm if word_norm > 0 else 0.0
+        char_scale = np.sqrt(1.0 - self.word_weight) / char_norm if char_norm > 0 else 0.0
+        factors = np.empty(len(values), dtype=np.float64)
+        factors[:n_word] = word_scale * word_scale
+        factors[n_word:] = char_scale * char_scale
+        factors *= sq
+        total = float(np.sqrt(np.bincount(np.zeros(len(values), np.intp), factors, 1)[0]))
+        if total > 0:
+            word_scale, char_scale = word_scale / total, char_scale / total
+        values[:n_word] *= np.float32(word_scale)
+        values[n_word:] *= np.float32(char_scale)
+        return row
+
+    def encode_query_row(self, query: Query) -> SparseRow | None:
+        """:meth:`encode_row` of the query's text; ``None`` for a subclass whose
+        ``encode_queries`` reads more than the text."""
+        if type(self).encode_queries is not Encoder.encode_queries:
+            return None
+        return self.encode_row(query.text)
 
     def _weigh(self, raw: RawCounts) -> RawCounts:
         """Counts → TF-IDF in place, chunk by chunk (cache-sized arrays are much faster)."""

@@ -84,6 +84,12 @@ class CostModel:
         tin = np.array([[float(q.estimated_tokens_in)] for q in queries], dtype=np.float64)
         return self._expected(np.broadcast_to(tin, (len(queries), len(self.models_))))
 
+    def for_query(self, query: Query) -> FloatVector:
+        """``Ĉ`` of one live query: the row of :meth:`for_queries`, with less overhead."""
+        tokens_in = float(query.estimated_tokens_in)
+        est = self._formula(np.full(len(self.models_), tokens_in), self.scale_)
+        return np.asarray(np.where(np.isfinite(est), est, self.mean_cost_), dtype=np.float64)
+
     def _check_models(self, models: Sequence[str]) -> None:
         if tuple(models) != self.models_:
             raise ValueError(

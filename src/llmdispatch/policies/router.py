@@ -31,7 +31,7 @@ from llmdispatch.policies.calibrate import CalibrationTarget, achieved, choose_l
 from llmdispatch.policies.costs import CostModel, card_fits
 from llmdispatch.query import Query
 from llmdispatch.registry import REGISTRY, register
-from llmdispatch.types import BoolMatrix, Features, FloatMatrix, IntVector
+from llmdispatch.types import BoolMatrix, Features, FloatMatrix, FloatVector, IntVector
 
 #: ``encoder="auto"``: choose among ``encoder_candidates`` on the validation table.
 AUTO = "auto"
@@ -222,7 +222,24 @@ class Router(Policy):
     def quality(self, queries: Sequence[Query]) -> FloatMatrix:
         """``Q̂`` for live queries."""
         self._check_fitted()
+        if len(queries) == 1:
+            one = self._quality_one(queries[0])
+            if one is not None:
+                return self._full(one[None, :])
         return self._full(self.estimator_.predict(self.encoder_.encode_queries(list(queries))))
+
+    def _quality_one(self, query: Query) -> FloatVector | None:
+        """``Q̂`` of one live query through the encoder's and estimator's one-row path (no
+        sparse matrix is built; the same numbers as the batch call), or ``None`` when either
+        has none."""
+        predict_row = getattr(self.estimator_, "predict_row", None)
+        if predict_row is None:
+            return None
+        row = self.encoder_.encode_query_row(query)
+        if row is None:
+            return None
+        q: FloatVector = predict_row(row)
+        return q
 
     def _full(self, q: FloatMatrix) -> FloatMatrix:
         """Estimates in the router's model order; models the estimator does not cover get 0
@@ -294,9 +311,10 @@ class Router(Policy):
     def explain(self, query: Query, allowed: frozenset[str] | None = None) -> Plan:
         """Per-model quality, expected cost and utility, best first; excluded models last."""
         self._check_fitted()
-        q = self.quality([query])[0]
-        c = self.costs_.for_queries([query])[0]
-        allow_list = self._allow_mask()
+        q = self.quality([query])[0].tolist()
+        c = self.costs_.for_query(query).tolist()
+        allow_list = self._allow_mask().tolist()
+        lam, scale = self.lam_, self.cost_scale_
         candidates: list[Candidate] = []
         for j, name in enumerate(self.models_):
             reason = None
@@ -306,8 +324,8 @@ class Router(Policy):
                 reason = "not in the allow-list or not covered by the estimator"
             else:
                 reason = card_fits(self.cards_[name], query)
-            utility = float(q[j] - self.lam_ * c[j] / self.cost_scale_)
-            candidates.append(Candidate(name, float(q[j]), float(c[j]), utility, reason))
+            utility = q[j] - lam * c[j] / scale
+            candidates.append(Candidate(name, q[j], c[j], utility, reason))
         ok = sorted(
             (c for c in candidates if c.excluded is None), key=lambda c: (-c.utility, c.cost)
         )
