@@ -130,6 +130,52 @@ def test_rows_are_checked_when_logged(tmp_path: Path) -> None:
     assert _count(str(tmp_path / "log.sqlite"), REQUESTS) == 1
 
 
+def test_a_full_queue_drops_new_rows_instead_of_growing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = str(tmp_path / "log.sqlite")
+    log = RequestLog(url, batch=8, max_queued=20)
+    writing, release = threading.Event(), threading.Event()
+    insert = log._insert
+
+    def stalled(items: list[tuple[str, dict[str, Any]]]) -> None:  # a database that hangs
+        writing.set()
+        release.wait(30)
+        insert(items)
+
+    monkeypatch.setattr(log, "_insert", stalled)
+    log.log_request(_row("first"))
+    assert writing.wait(30)  # the writer holds "first"; the queue is empty again
+    for i in range(25):
+        log.log_request(_row(f"r{i}"))  # returns at once, also when the queue is full
+    assert log.dropped == 5
+    release.set()
+    assert log.flush(timeout=30)
+    log.close()
+    assert _count(url, REQUESTS) == 21 and log.written == 21 and log.dropped == 5
+
+
+def test_rows_are_completed_by_the_writer_and_a_bad_one_costs_only_itself(
+    tmp_path: Path,
+) -> None:
+    url = str(tmp_path / "log.sqlite")
+    log = RequestLog(url)
+    log.log_request(_row("fine", created=5.0))
+    log.log_request(_row("not-json", attempts=[object()]))
+    log.log_request({"id": "bare"})
+    log.close()
+    assert log.dropped == 1 and log.written == 2
+    engine = sa.create_engine(database_url(url))
+    with engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(sa.select(REQUESTS))}
+    engine.dispose()
+    assert set(rows) == {"fine", "bare"} and rows["fine"].created == 5.0
+    assert json.loads(rows["fine"].attempts) == [
+        {"model": "small", "purpose": "answer", "cost": 0.001}
+    ]
+    assert rows["bare"].created > 1e9 and rows["bare"].attempts is None  # stamped when logged
+
+
 def _traffic(url: str) -> None:
     """A small served history: two prompts, a cascade, feedback, failures, two policies."""
     log = RequestLog(url)

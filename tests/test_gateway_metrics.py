@@ -51,6 +51,17 @@ def test_metrics_render_what_was_recorded() -> None:
     assert CONTENT_TYPE.startswith("text/plain")
 
 
+def test_observe_request_counts_escalations_and_reuses_labelled_children() -> None:
+    m = GatewayMetrics()
+    for _ in range(3):
+        m.observe_request("cascade", "large", 200, 0.1, decision="small", escalations=1)
+    m.observe_request("cascade", "small", 200, 0.1, decision="small", escalations=0)
+    s = _samples(m.render())
+    assert s[("llmdispatch_escalations_total", (("policy", "cascade"),))] == 3
+    assert s[("llmdispatch_decisions_total", (("model", "small"), ("policy", "cascade")))] == 4
+    assert m.child(m.cost, "large") is m.child(m.cost, "large") is m.cost.labels("large")
+
+
 def test_each_app_has_its_own_registry() -> None:
     a, b = GatewayMetrics(), GatewayMetrics()  # a second app would clash in one registry
     a.cost.labels("m").inc(1.0)

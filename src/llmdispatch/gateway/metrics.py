@@ -19,6 +19,8 @@ Exposed names (counters get ``_total``, histograms ``_bucket``/``_sum``/``_count
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -104,16 +106,36 @@ class GatewayMetrics:
             "Request-log rows the database refused since start",
             registry=r,
         )
+        # ``labels()`` checks its arguments and takes a lock on every call; the children it
+        # returns are looked up here instead (as many as the registry itself keeps).
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered."""
+        key = (metric, *values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def observe_request(
-        self, policy: str, model: str, status: int, seconds: float, decision: str | None = None
+        self,
+        policy: str,
+        model: str,
+        status: int,
+        seconds: float,
+        decision: str | None = None,
+        escalations: int = 0,
     ) -> None:
-        """Count a finished request, its latency and (if routed) the policy's first choice."""
-        self.requests.labels(policy, model, str(status)).inc()
+        """Count a finished request, its latency, (if routed) the policy's first choice and
+        (for cascades) the extra model calls."""
+        self.child(self.requests, policy, model, str(status)).inc()
         if model:
-            self.latency.labels(model).observe(seconds)
+            self.child(self.latency, model).observe(seconds)
         if decision:
-            self.decisions.labels(policy, decision).inc()
+            self.child(self.decisions, policy, decision).inc()
+        if escalations > 0:
+            self.child(self.escalations, policy).inc(escalations)
 
     def render(self) -> bytes:
         """The exposition text (serve it with :data:`CONTENT_TYPE`)."""

@@ -347,7 +347,7 @@ class Gateway:
         await self.count_usage(trace.key, model, result.tokens_in + result.tokens_out)
         await self.record(model, True)
         trace.cost += result.cost
-        self.metrics.cost.labels(model).inc(result.cost)
+        self.metrics.child(self.metrics.cost, model).inc(result.cost)
         trace.attempts.append(
             {
                 "model": model,
@@ -488,14 +488,9 @@ class Gateway:
     ) -> None:
         """Metrics and the request-log row of a finished request."""
         seconds = time.perf_counter() - trace.started
-        m = self.metrics
-        m.requests.labels(trace.policy, model, str(status)).inc()
-        if model:
-            m.latency.labels(model).observe(seconds)
-        if trace.first_model:
-            m.decisions.labels(trace.policy, trace.first_model).inc()
-        if trace.rungs > 1:
-            m.escalations.labels(trace.policy).inc(trace.rungs - 1)
+        self.metrics.observe_request(
+            trace.policy, model, status, seconds, trace.first_model, trace.rungs - 1
+        )
         if self.log is None:
             return
         usage = (answer or {}).get("usage") or {}

@@ -2,7 +2,9 @@
 
 Requests go straight to an httpx transport (no client layer: no cookies, redirects or
 per-request URL parsing on the hot path); :func:`make_transport` picks the lean
-:class:`~llmdispatch.gateway.transport.FastTransport` or httpx's own pool.
+:class:`~llmdispatch.gateway.transport.FastTransport` or httpx's own pool. On the lean
+transport a non-streamed call skips httpx's request and response objects too: the request's
+head is encoded once per provider, and the answer comes back as status, headers and bytes.
 
 Retries: connection errors, time-outs, 429 and 5xx are retried up to the model's
 ``max_retries`` with exponential backoff (base ``backoff_s``), waiting at least what a
@@ -21,10 +23,15 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
 
+from llmdispatch.gateway._httpx import httpx
 from llmdispatch.gateway.config import ModelEndpoint
+
+try:
+    from llmdispatch.gateway.transport import FastTransport, origin_of
+except ImportError:  # httptools (uvicorn[standard]) is missing: httpx's pool works
+    FastTransport = None  # type: ignore[assignment,misc]
 
 
 class UpstreamError(Exception):
@@ -68,8 +75,8 @@ class StreamHandle:
     chunks: AsyncGenerator[bytes, None]
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+def _retry_after(value: str | bytes | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (``None`` if absent or not a number)."""
     if value is None:
         return None
     try:
@@ -84,13 +91,8 @@ def make_transport(kind: str = "fast") -> httpx.AsyncBaseTransport:
     ``fast``: :class:`~llmdispatch.gateway.transport.FastTransport` (HTTP/1.1 keep-alive,
     several times cheaper per call); ``httpx``: httpx's own pool (HTTP/2, proxies).
     """
-    if kind == "fast":
-        try:
-            from llmdispatch.gateway.transport import FastTransport
-        except ImportError:  # httptools (uvicorn[standard]) is missing: httpx's pool works
-            pass
-        else:
-            return FastTransport()
+    if kind == "fast" and FastTransport is not None:
+        return FastTransport()
     limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
     return httpx.AsyncHTTPTransport(limits=limits)
 
@@ -120,6 +122,15 @@ class Provider:
         if key:
             headers["authorization"] = f"Bearer {key}"
         self.headers = httpx.Headers(headers)
+        # What httpx would send, up to the body's length (FastTransport.send_raw's calls).
+        self._head = b"".join(
+            [
+                b"POST %s HTTP/1.1\r\nHost: %s\r\n" % (self.url.raw_path, self.url.netloc),
+                *(b"%s: %s\r\n" % kv for kv in self.headers.raw),
+                b"Content-Length: ",
+            ]
+        )
+        self._origin: tuple[str, str, int] | None = None
 
     def _body(self, body: dict[str, Any], stream: bool) -> bytes:
         out = {**body, "model": self.upstream_name, "stream": stream}
@@ -149,20 +160,42 @@ class Provider:
         finally:
             await response.aclose()
 
-    def _status_error(self, response: httpx.Response, content: bytes) -> UpstreamError:
-        status = response.status_code
+    async def _send_raw(
+        self, transport: FastTransport, payload: bytes
+    ) -> tuple[int, bytes | None, bytes]:
+        """One call on the lean transport: status, ``Retry-After`` and the body."""
+        message = b"%s%d\r\n\r\n%s" % (self._head, len(payload), payload)
+        try:
+            if self._origin is None:  # raises UnsupportedProtocol for a non-HTTP(S) base URL
+                self._origin = origin_of(self.url)
+            response = await transport.send_raw(self._origin, message, self.extensions["timeout"])
+        except httpx.TimeoutException as exc:
+            raise UpstreamError(self.name, f"timed out ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise UpstreamError(self.name, f"connection failed ({type(exc).__name__})") from exc
+        retry_after = response.header(b"retry-after") if response.status != 200 else None
+        return response.status, retry_after, response.body
+
+    def _status_error(
+        self, status: int, content: bytes, retry_after: str | bytes | None
+    ) -> UpstreamError:
         text = content[:300].decode("utf-8", "replace")
         retryable = status == 429 or status >= 500
         return UpstreamError(
-            self.name, f"HTTP {status}: {text}", status, retryable, _retry_after(response)
+            self.name, f"HTTP {status}: {text}", status, retryable, _retry_after(retry_after)
         )
 
     async def _attempt(self, payload: bytes) -> CallResult:
         start = time.perf_counter()
-        response = await self._send(payload)
-        content = await self._read(response)
-        if response.status_code != 200:
-            raise self._status_error(response, content)
+        transport = self.transport
+        if FastTransport is not None and isinstance(transport, FastTransport):
+            status, retry_after, content = await self._send_raw(transport, payload)
+        else:
+            response = await self._send(payload)
+            content = await self._read(response)
+            status, retry_after = response.status_code, response.headers.get("retry-after")
+        if status != 200:
+            raise self._status_error(status, content, retry_after)
         try:
             doc = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
@@ -209,7 +242,10 @@ class Provider:
     async def _open(self, payload: bytes) -> StreamHandle:
         response = await self._send(payload)
         if response.status_code != 200:
-            raise self._status_error(response, await self._read(response))
+            content = await self._read(response)
+            raise self._status_error(
+                response.status_code, content, response.headers.get("retry-after")
+            )
         lines = response.aiter_lines()
         try:
             first = await _next_data(lines)

@@ -2,11 +2,15 @@
 
 SQLAlchemy Core over SQLite (WAL, the default) or PostgreSQL (``postgresql://…``, psycopg 3).
 Writes never block the event loop: :meth:`RequestLog.log_request` and
-:meth:`RequestLog.log_feedback` only put a row on a queue; one background thread writes
-whatever is queued in a single transaction per batch. :meth:`RequestLog.flush` waits until
-everything queued so far is written (tests, shutdown). A batch the database refuses is
-retried, then written row by row so one bad row (say, feedback for an unknown request) costs
-only itself; rows that still fail are counted in :attr:`RequestLog.dropped` and logged.
+:meth:`RequestLog.log_feedback` only check a row and put it on a queue; one background thread
+completes the rows (every column, ``attempts`` as JSON) and writes whatever is queued in a
+single transaction per batch. :meth:`RequestLog.flush` waits until everything queued so far
+is written (tests, shutdown). A batch the database refuses is retried, then written row by
+row so one bad row (say, feedback for an unknown request) costs only itself; rows that still
+fail are counted in :attr:`RequestLog.dropped` and logged.
+
+The queue is bounded (``max_queued`` rows): if the database falls behind for long, new rows
+are dropped and counted rather than held in memory without limit.
 
 :mod:`llmdispatch.gateway.logexport` turns the log into an outcome table to train on.
 """
@@ -95,16 +99,22 @@ def engine_for(url: str, create: bool = True) -> sa.Engine:
     return engine
 
 
-def _request_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A complete row (every column; ``attempts`` as JSON) or ``ValueError``."""
-    unknown = set(row) - _REQUEST_COLUMNS
+def _checked_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A request row whose columns are known and that has an ``id`` (else ``ValueError``),
+    stamped with ``created`` if it has none; the rest waits for :func:`_request_row`."""
+    unknown = row.keys() - _REQUEST_COLUMNS
     if unknown:
         raise ValueError(f"unknown request-log columns: {sorted(unknown)}")
     if not row.get("id"):
         raise ValueError("a request-log row needs an 'id'")
+    if row.get("created") is None:
+        row = {**row, "created": time.time()}
+    return row
+
+
+def _request_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A complete row of a checked one: every column, ``attempts`` as JSON."""
     full = {name: row.get(name) for name in _REQUEST_COLUMNS}
-    if full["created"] is None:
-        full["created"] = time.time()
     if not isinstance(full["attempts"], str | None):
         full["attempts"] = json.dumps(full["attempts"])
     return full
@@ -113,21 +123,27 @@ def _request_row(row: dict[str, Any]) -> dict[str, Any]:
 class RequestLog:
     """Queued, batched writes of request rows and feedback rows (see the module docstring)."""
 
-    def __init__(self, url: str, batch: int = 256, retries: int = 4) -> None:
+    def __init__(
+        self, url: str, batch: int = 256, retries: int = 4, max_queued: int = 10_000
+    ) -> None:
         self.url = url
         self.engine = engine_for(url)
         self.batch = batch
         self.retries = retries
         self.dropped = 0
         self.written = 0
-        self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
+        self._count_lock = threading.Lock()  # ``dropped`` grows from callers and the writer
+        self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue(max_queued)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="llmdispatch-log", daemon=True)
         self._thread.start()
 
     def log_request(self, row: dict[str, Any]) -> None:
-        """Queue one request row (columns of :data:`REQUESTS`; ``attempts`` may be a list)."""
-        self._put("request", _request_row(row))
+        """Queue one request row (columns of :data:`REQUESTS`; ``attempts`` may be a list).
+
+        The row is written later, from another thread: do not change it after this call.
+        """
+        self._put("request", _checked_row(row))
 
     def log_feedback(self, request_id: str, reward: float | None, preference: Any = None) -> None:
         """Queue one feedback row for a logged request."""
@@ -182,7 +198,19 @@ class RequestLog:
     def _put(self, kind: str, row: dict[str, Any]) -> None:
         if self._closed:
             raise RuntimeError(f"request log {self.url} is closed")
-        self._queue.put((kind, row))
+        try:
+            self._queue.put_nowait((kind, row))
+        except queue.Full:
+            with self._count_lock:
+                self.dropped += 1
+                first = self.dropped == 1
+            if first:
+                logger.error(
+                    "request log %s: %d rows are waiting to be written; dropping new rows "
+                    "until the database catches up (counted in dropped)",
+                    self.url,
+                    self._queue.maxsize,
+                )
 
     def _run(self) -> None:
         stop = False
@@ -206,13 +234,27 @@ class RequestLog:
                 if items:
                     self._write(items)
             except Exception:  # the writer must survive anything, or flush() would hang
-                self.dropped += len(items)
+                with self._count_lock:
+                    self.dropped += len(items)
                 logger.exception("request log %s: dropped %d rows", self.url, len(items))
             finally:
                 for _ in range(len(items) + (1 if stop else 0)):
                     self._queue.task_done()
 
-    def _write(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+    def _write(self, queued: list[tuple[str, dict[str, Any]]]) -> None:
+        items = []
+        for kind, row in queued:
+            if kind == "request":
+                try:
+                    row = _request_row(row)
+                except (TypeError, ValueError) as exc:  # e.g. attempts that are not JSON
+                    with self._count_lock:
+                        self.dropped += 1
+                    logger.error("request log %s: dropped a request row: %s", self.url, exc)
+                    continue
+            items.append((kind, row))
+        if not items:
+            return
         for attempt in range(self.retries + 1):
             try:
                 self._insert(items)
@@ -229,7 +271,8 @@ class RequestLog:
                 self._insert([item])
                 self.written += 1
             except sa.exc.DBAPIError as exc:
-                self.dropped += 1
+                with self._count_lock:
+                    self.dropped += 1
                 logger.error("request log %s: dropped a %s row: %s", self.url, item[0], exc)
 
     def _insert(self, items: list[tuple[str, dict[str, Any]]]) -> None:

@@ -158,11 +158,11 @@ class GatewayState(ABC):
     async def reserve(self, scopes: Sequence[Scope], amount: float) -> Reservation:
         """Reserve ``amount`` USD on every scope at once, or raise :class:`BudgetExceeded`
         naming the first scope that cannot cover it (then nothing is reserved)."""
+        if not scopes:  # nothing to hold (no budget applies): no id, no storage round trip
+            return Reservation("", (), (), float(amount))
         now = self._now()
         keys = tuple(s.key(now) for s in scopes)
         res = Reservation(uuid.uuid4().hex, tuple(scopes), keys, float(amount))
-        if not scopes:
-            return res
         failed, used = await self._reserve(
             res.id, keys, [s.limit for s in scopes], [s.ttl for s in scopes], res.amount
         )

@@ -11,7 +11,9 @@ It plugs in under ``httpx.AsyncClient(transport=...)``: callers keep httpx's API
 exceptions (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``RemoteProtocolError``,
 ...). It speaks HTTP/1.1 over TCP or TLS, without proxies; ``upstream_transport: httpx`` in
 the gateway config selects httpx's own transport instead (proxies from the environment,
-HTTP/2).
+HTTP/2). :meth:`FastTransport.send_raw` is the same exchange without httpx's request and
+response objects (an encoded request in, status, headers and the whole body out): the
+providers' non-streamed calls use it, which saves ~30 µs of object building per call.
 """
 
 from __future__ import annotations
@@ -21,14 +23,41 @@ import ssl
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import httptools
-import httpx
+
+from llmdispatch.gateway._httpx import httpx
 
 #: Idle connections kept per origin; more are closed when they come back.
 MAX_IDLE = 256
 _READ = 65536
+
+#: ``(scheme, host, port)`` of an upstream.
+Origin = tuple[str, str, int]
+
+
+def origin_of(url: httpx.URL, request: httpx.Request | None = None) -> Origin:
+    """Where a URL's connections go; ``UnsupportedProtocol`` for schemes other than HTTP(S)."""
+    scheme = url.scheme
+    if scheme not in ("http", "https"):
+        raise httpx.UnsupportedProtocol(f"unsupported scheme {scheme!r}", request=request)
+    return scheme, url.host, url.port or (443 if scheme == "https" else 80)
+
+
+class RawResponse(NamedTuple):
+    """A whole response read by :meth:`FastTransport.send_raw`."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of a header (``name`` in lower case), or ``None``."""
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
 
 
 class _Parser:
@@ -80,7 +109,7 @@ class _Body(httpx.AsyncByteStream):
     def __init__(
         self,
         transport: FastTransport,
-        origin: tuple[str, str, int],
+        origin: Origin,
         conn: _Connection,
         parser: _Parser,
         raw: httptools.HttpResponseParser,
@@ -122,14 +151,14 @@ class _Body(httpx.AsyncByteStream):
         self.transport._release(self.origin, self.conn, reusable)
 
 
-def _feed(raw: httptools.HttpResponseParser, data: bytes, request: httpx.Request) -> None:
+def _feed(raw: httptools.HttpResponseParser, data: bytes, request: httpx.Request | None) -> None:
     try:
         raw.feed_data(data)
     except httptools.HttpParserError as exc:
         raise httpx.RemoteProtocolError(f"malformed response: {exc}", request=request) from exc
 
 
-async def _read(conn: _Connection, timeout: float | None, request: httpx.Request) -> bytes:
+async def _read(conn: _Connection, timeout: float | None, request: httpx.Request | None) -> bytes:
     try:
         async with asyncio.timeout(timeout):
             return await conn.reader.read(_READ)
@@ -145,7 +174,7 @@ class FastTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 keep-alive transport for httpx (see the module docstring)."""
 
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
-        self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
+        self._idle: dict[Origin, deque[_Connection]] = {}
         self._ssl = ssl_context
         self._open: weakref.WeakSet[_Connection] = weakref.WeakSet()
 
@@ -155,7 +184,7 @@ class FastTransport(httpx.AsyncBaseTransport):
         return self._ssl
 
     async def _connect(
-        self, origin: tuple[str, str, int], timeout: float | None, request: httpx.Request
+        self, origin: Origin, timeout: float | None, request: httpx.Request | None
     ) -> _Connection:
         scheme, host, port = origin
         tls: dict[str, Any] = {}
@@ -173,7 +202,7 @@ class FastTransport(httpx.AsyncBaseTransport):
         self._open.add(conn)
         return conn
 
-    def _release(self, origin: tuple[str, str, int], conn: _Connection, reusable: bool) -> None:
+    def _release(self, origin: Origin, conn: _Connection, reusable: bool) -> None:
         idle = self._idle.setdefault(origin, deque())
         if reusable and conn.usable() and len(idle) < MAX_IDLE:
             idle.append(conn)
@@ -184,15 +213,57 @@ class FastTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send one request; the response body streams from the connection."""
         url = request.url
-        scheme = url.scheme
-        if scheme not in ("http", "https"):
-            raise httpx.UnsupportedProtocol(f"unsupported scheme {scheme!r}", request=request)
-        origin = (scheme, url.host, url.port or (443 if scheme == "https" else 80))
+        origin = origin_of(url, request)
         timeouts = request.extensions.get("timeout", {})
         body = await request.aread()
         head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), url.raw_path)]
         head += [b"%s: %s\r\n" % (k, v) for k, v in request.headers.raw]
         payload = b"".join(head) + b"\r\n" + body
+        conn, parser, raw = await self._start(origin, payload, timeouts, request)
+        stream = _Body(self, origin, conn, parser, raw, request, timeouts.get("read"))
+        return httpx.Response(
+            raw.get_status_code(),
+            headers=parser.headers,
+            stream=stream,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    async def send_raw(
+        self, origin: Origin, payload: bytes, timeouts: dict[str, float | None]
+    ) -> RawResponse:
+        """Send an encoded request (head and body) and read the whole response.
+
+        The same connection handling and errors as :meth:`handle_async_request` (httpx's
+        exceptions, with no request attached), without building httpx objects.
+        """
+        conn, parser, raw = await self._start(origin, payload, timeouts, None)
+        read_timeout = timeouts.get("read")
+        try:
+            while not parser.done:
+                data = await _read(conn, read_timeout, None)
+                if not data:
+                    if parser.framed:
+                        raise httpx.RemoteProtocolError(
+                            "peer closed connection without sending complete message body"
+                        )
+                    break  # a close-delimited body ends at EOF
+                _feed(raw, data, None)
+        except BaseException:  # an error or a cancelled call: the connection is in an unknown state
+            self._release(origin, conn, False)
+            raise
+        self._release(origin, conn, parser.done and parser.framed and parser.keep_alive)
+        body = parser.body[0] if len(parser.body) == 1 else b"".join(parser.body)
+        return RawResponse(raw.get_status_code(), parser.headers, body)
+
+    async def _start(
+        self,
+        origin: Origin,
+        payload: bytes,
+        timeouts: dict[str, float | None],
+        request: httpx.Request | None,
+    ) -> tuple[_Connection, _Parser, httptools.HttpResponseParser]:
+        """Send ``payload`` on an idle connection (or a new one) and read the response's
+        head; a kept-alive connection the server closed meanwhile is retried on a fresh one."""
         idle = self._idle.get(origin)
         while True:
             conn = None
@@ -207,25 +278,31 @@ class FastTransport(httpx.AsyncBaseTransport):
             if conn is None:
                 conn = await self._connect(origin, timeouts.get("connect"), request)
             try:
-                return await self._exchange(conn, origin, payload, request, timeouts)
+                parser, raw = await self._exchange(conn, payload, request, timeouts)
+                return conn, parser, raw
             except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
-                # A kept-alive connection the server closed meanwhile: retry on a fresh one.
+                self._release(origin, conn, False)
                 if not reused:
                     raise
                 idle = None
+            except BaseException:  # a time-out or a cancelled call: never reuse it
+                self._release(origin, conn, False)
+                raise
 
     async def _exchange(
         self,
         conn: _Connection,
-        origin: tuple[str, str, int],
         payload: bytes,
-        request: httpx.Request,
+        request: httpx.Request | None,
         timeouts: dict[str, float | None],
-    ) -> httpx.Response:
+    ) -> tuple[_Parser, httptools.HttpResponseParser]:
         try:
             conn.writer.write(payload)
-            async with asyncio.timeout(timeouts.get("write")):
-                await conn.writer.drain()
+            # The socket usually takes the whole request at once: the write time-out (a timer
+            # per call, ~5% of a pass-through request's CPU) is armed only if some is left.
+            if conn.writer.transport.get_write_buffer_size():
+                async with asyncio.timeout(timeouts.get("write")):
+                    await conn.writer.drain()
         except TimeoutError as exc:
             conn.close()
             raise httpx.WriteTimeout("timed out sending the request", request=request) from exc
@@ -243,13 +320,7 @@ class FastTransport(httpx.AsyncBaseTransport):
                     "server disconnected without sending a response", request=request
                 )
             _feed(raw, data, request)
-        stream = _Body(self, origin, conn, parser, raw, request, read_timeout)
-        return httpx.Response(
-            raw.get_status_code(),
-            headers=parser.headers,
-            stream=stream,
-            extensions={"http_version": b"HTTP/1.1"},
-        )
+        return parser, raw
 
     async def aclose(self) -> None:
         """Close every connection."""
