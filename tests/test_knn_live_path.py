@@ -36,3 +36,34 @@ def test_single_row_rejects_bad_input() -> None:
         est.predict(X)
     with pytest.raises(ValueError, match="features"):
         est.predict(TfidfEncoder(n_features=1 << 10).fit(texts).encode(texts[:1]))
+
+
+def test_index_replaces_the_training_rows_and_gives_them_back_exactly() -> None:
+    """Once predicting, the kNN keeps its rows only in the index; saving rebuilds them."""
+    table = planted(160, seed=5)
+    texts = list(table.full_prompts())
+    enc = TfidfEncoder(n_features=1 << 14).fit(texts)
+    X = enc.encode(texts)
+    est = KNNEstimator(k=10).fit(table, X)
+    before = est.X_train_.copy()
+    Q = est.predict(X[:5])
+    assert est.__dict__["_X_train"] is None  # the index holds them now
+    after = est.X_train_
+    assert after.dtype == before.dtype and after.shape == before.shape
+    np.testing.assert_array_equal(after.indptr, before.indptr)
+    np.testing.assert_array_equal(after.indices, before.indices)
+    np.testing.assert_array_equal(after.data, before.data)
+    again = KNNEstimator.from_state(est.get_state())
+    np.testing.assert_array_equal(again.predict(X[:5]), Q)
+
+
+def test_unfitted_knn_has_no_training_rows() -> None:
+    assert not hasattr(KNNEstimator(), "X_train_")
+
+
+def test_mmap_threshold_is_fixed_on_glibc() -> None:
+    import platform
+
+    from llmdispatch.gateway.memory import fix_mmap_threshold
+
+    assert fix_mmap_threshold() is (platform.libc_ver()[0] == "glibc")

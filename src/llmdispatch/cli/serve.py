@@ -61,7 +61,9 @@ def run_serve(args: argparse.Namespace) -> int:
         )
     else:
         from llmdispatch.gateway.app import create_app
+        from llmdispatch.gateway.memory import fix_mmap_threshold
 
+        fix_mmap_threshold()  # before the policies' artifacts are loaded
         uvicorn.run(create_app(cfg), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

@@ -31,11 +31,21 @@ class SimilarityIndex:
     def __init__(self, X_train: Features, dense_df: float = 0.05) -> None:
         self.n_rows = int(X_train.shape[0])
         self.n_features = int(X_train.shape[1])
+        #: :meth:`matrix` gives back exactly the training rows (float32 CSR, sorted columns,
+        #: no stored zeros), so their owner may drop its copy.
+        self.holds_rows = False
         if not sp.issparse(X_train):
             self._dense_T = np.ascontiguousarray(np.asarray(X_train, dtype=np.float32).T)
             self._freq: npt.NDArray[np.intp] | None = None
             return
         X = sp.csr_matrix(X_train, dtype=np.float32)
+        self.holds_rows = bool(
+            sp.issparse(X_train)
+            and X_train.dtype == np.float32
+            and X.has_sorted_indices
+            and X.has_canonical_format
+            and (X.data != 0).all()
+        )
         df = np.bincount(X.indices, minlength=X.shape[1]) / max(X.shape[0], 1)
         freq = np.flatnonzero(df >= dense_df)
         if len(freq) > _MAX_DENSE_COLUMNS:
@@ -58,6 +68,19 @@ class SimilarityIndex:
         self._slot_ptr[0] = 0
         self._slot_ptr[1:-1] = T.indptr[stored]
         self._slot_ptr[-1] = T.indptr[-1]
+
+    def matrix(self) -> sp.csr_matrix:
+        """The sparse training rows rebuilt from the dense block and the sparse rest."""
+        if self._freq is None:
+            raise ValueError("a dense index keeps no sparse training rows")
+        dense = sp.csr_matrix(self._dense_T.T)
+        dense = sp.csr_matrix(
+            (dense.data, self._freq[dense.indices], dense.indptr),
+            shape=(self.n_rows, self.n_features),
+        )
+        out = (dense + self._rare_T.T).tocsr()
+        out.sort_indices()
+        return out
 
     def dot(self, Xq: Features) -> FloatMatrix:
         """Dense ``(n_q, n_train)`` inner products as float64."""

@@ -79,6 +79,8 @@ class KNNEstimator(QualityEstimator):
     (n_new, n_models)
     """
 
+    _X_train: Features | None
+
     def __init__(
         self,
         k: int | Auto = "auto",
@@ -206,7 +208,26 @@ class KNNEstimator(QualityEstimator):
         index = getattr(self, "_index_cache", None)
         if index is None:
             index = self._index_cache = SimilarityIndex(self.X_train_)
+            if index.holds_rows:
+                # The index holds the same rows in another layout; keeping both would double
+                # a served router's largest arrays (X_train_ is rebuilt when saving).
+                self._X_train = None
         return index
+
+    @property
+    def X_train_(self) -> Features:
+        """The L2-normalised training rows."""
+        rows = self.__dict__.get("_X_train")
+        if rows is None:
+            index = self.__dict__.get("_index_cache")
+            if index is None:
+                raise AttributeError("X_train_")  # not fitted: hasattr() is False
+            return index.matrix()
+        return rows
+
+    @X_train_.setter
+    def X_train_(self, rows: Features) -> None:
+        self._X_train = rows
 
     # ---- state -----------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:

@@ -168,7 +168,9 @@ def _ping(engine: object) -> None:
 def app_from_env() -> Starlette:
     """Factory for ``uvicorn --factory`` (each worker process builds its own app)."""
     from llmdispatch.gateway.config import load_config
+    from llmdispatch.gateway.memory import fix_mmap_threshold
 
+    fix_mmap_threshold()  # before the policies' artifacts are loaded
     path = os.environ.get(CONFIG_ENV)
     if not path:
         raise RuntimeError(f"set {CONFIG_ENV} to the gateway config file")
