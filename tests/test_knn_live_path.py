@@ -61,9 +61,25 @@ def test_unfitted_knn_has_no_training_rows() -> None:
     assert not hasattr(KNNEstimator(), "X_train_")
 
 
-def test_mmap_threshold_is_fixed_on_glibc() -> None:
+def test_warm_builds_the_index_and_free_memory_is_released() -> None:
     import platform
 
-    from llmdispatch.gateway.memory import fix_mmap_threshold
+    from llmdispatch.gateway.memory import release_free_memory
 
-    assert fix_mmap_threshold() is (platform.libc_ver()[0] == "glibc")
+    table = planted(80, seed=2)
+    texts = list(table.full_prompts())
+    enc = TfidfEncoder(n_features=1 << 12).fit(texts)
+    est = KNNEstimator(k=5).fit(table, enc.encode(texts))
+    assert est.__dict__["_index_cache"] is None
+    est.warm()
+    assert est.__dict__["_index_cache"] is not None
+    assert release_free_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_policy_warm_reaches_its_estimator() -> None:
+    from llmdispatch.policies.router import Router
+
+    router = Router(estimator="knn", estimator_params={"k": 5}).fit(planted(80, seed=4))
+    assert router.estimator_.__dict__["_index_cache"] is None
+    router.warm()
+    assert router.estimator_.__dict__["_index_cache"] is not None

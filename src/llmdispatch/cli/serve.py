@@ -61,10 +61,11 @@ def run_serve(args: argparse.Namespace) -> int:
         )
     else:
         from llmdispatch.gateway.app import create_app
-        from llmdispatch.gateway.memory import fix_mmap_threshold
+        from llmdispatch.gateway.memory import release_free_memory
 
-        fix_mmap_threshold()  # before the policies' artifacts are loaded
-        uvicorn.run(create_app(cfg), host=args.host, port=args.port, log_level=args.log_level)
+        app = create_app(cfg)
+        release_free_memory()  # what loading the policies freed
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 

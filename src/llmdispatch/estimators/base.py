@@ -40,6 +40,11 @@ class QualityEstimator(ABC):
     def from_state(cls, state: dict[str, Any]) -> Self:
         """Rebuild from :meth:`get_state`."""
 
+    def warm(self) -> None:
+        """Build what the first prediction would build lazily (an index, a cache), so a
+        served estimator answers its first request at full speed. Default: nothing."""
+        return None
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "models_"):
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() first")

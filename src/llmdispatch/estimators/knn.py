@@ -214,6 +214,11 @@ class KNNEstimator(QualityEstimator):
                 self._X_train = None
         return index
 
+    def warm(self) -> None:
+        """Build the similarity index now rather than on the first live query."""
+        self._check_fitted()
+        self._index()
+
     @property
     def X_train_(self) -> Features:
         """The L2-normalised training rows."""

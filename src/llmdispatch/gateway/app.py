@@ -168,10 +168,11 @@ def _ping(engine: object) -> None:
 def app_from_env() -> Starlette:
     """Factory for ``uvicorn --factory`` (each worker process builds its own app)."""
     from llmdispatch.gateway.config import load_config
-    from llmdispatch.gateway.memory import fix_mmap_threshold
+    from llmdispatch.gateway.memory import release_free_memory
 
-    fix_mmap_threshold()  # before the policies' artifacts are loaded
     path = os.environ.get(CONFIG_ENV)
     if not path:
         raise RuntimeError(f"set {CONFIG_ENV} to the gateway config file")
-    return create_app(load_config(path))
+    app = create_app(load_config(path))
+    release_free_memory()  # what loading the policies freed
+    return app

@@ -64,5 +64,6 @@ def load_policies(cfg: GatewayConfig) -> dict[str, Policy]:
                 f"policy {name!r} routes among {sorted(known)}, none of which is configured"
             )
         deployed_cards(policy, cfg)
+        policy.warm()  # the first requests must not pay for lazily built indexes
         policies[name] = policy
     return policies

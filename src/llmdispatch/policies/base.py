@@ -138,6 +138,16 @@ class Policy(ABC):
     def sweep(self, table: OutcomeTable, available: BoolMatrix) -> list[tuple[float, Decisions]]:
         """Replay over ``table`` for each knob value; only ``available`` models may be used."""
 
+    def warm(self) -> None:
+        """Build what the first live decision would build lazily (indexes, caches), so a
+        served policy starts at full speed; the default warms every policy and estimator
+        this one holds (a composition's router, a router's estimator)."""
+        from llmdispatch.estimators.base import QualityEstimator
+
+        for value in vars(self).values():
+            if isinstance(value, Policy | QualityEstimator):
+                value.warm()
+
     def start(
         self, query: Query, allowed: frozenset[str]
     ) -> Generator[Attempt, AttemptResult, str]:
