@@ -485,8 +485,8 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         f"`{meta['command']}`",
         "",
-        "The issue asks whether a static token-embedding encoder distilled from MiniLM "
-        "(Model2Vec-style, `llmdispatch encoders distill`, numpy-only at inference) keeps "
+        "The question: does a static token-embedding encoder distilled from MiniLM "
+        "(Model2Vec-style, `llmdispatch encoders distill`, numpy-only at inference) keep "
         "MiniLM's routing quality at the speed of the hashed TF-IDF default. Each encoder feeds "
         "the same kNN router (k, τ, α by its own leave-one-out), fitted and replayed exactly as "
         "`llmdispatch bench` does (train split minus bench's validation share; λ swept on "
