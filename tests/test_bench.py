@@ -104,6 +104,9 @@ def test_bench_command_writes_report_json_and_plot(
     assert rc == 0
     report = (out / "report.md").read_text()
     assert "## arena-hard-v1" in report and "router-knn" in report and "AIQ(log)" in report
+    # The summary: the only router is the kNN baseline itself, so it cannot beat it.
+    assert "| arena-hard-v1 | router | router-knn |" in report and "| is kNN |" in report
+    assert "The best router beats the zero router on " in report and "of 1 data sets" in report
     doc = json.loads((out / "results.json").read_text())
     knn = next(p for p in doc[0]["policies"] if p["name"] == "router-knn")
     assert len(knn["curve"]["cost"]) == len(knn["curve"]["quality"]) > 10

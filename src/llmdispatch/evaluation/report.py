@@ -9,7 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from llmdispatch.evaluation.bench import HEADLINE, DatasetResult, PolicyResult
+from llmdispatch.evaluation.bench import (
+    BASELINE,
+    FALLBACK_BASELINE,
+    HEADLINE,
+    DatasetResult,
+    PolicyResult,
+)
 
 _TITLES = {
     "aiq": "AIQ",
@@ -135,6 +141,7 @@ def summary_markdown(results: list[DatasetResult]) -> list[str]:
                 picks.append(("any", best))
         for kind, best in picks:
             ci_zero, ci_knn = best.ci.get("d_aiq_zero"), best.ci.get("d_aiq_knn")
+            is_knn = best.name in (BASELINE, FALLBACK_BASELINE) and ci_knn is None
             if kind == "router":
                 n_sets += 1
                 beats_zero += _verdict(ci_zero) == "yes"
@@ -148,7 +155,7 @@ def summary_markdown(results: list[DatasetResult]) -> list[str]:
                     fmt_ci(best.metrics.get("d_aiq_zero"), ci_zero),
                     _verdict(ci_zero),
                     fmt_ci(best.metrics.get("d_aiq_knn"), ci_knn),
-                    _verdict(ci_knn),
+                    "is kNN" if is_knn else _verdict(ci_knn),
                     fmt(best.metrics.get("cost_to_95")),
                 ]
             )
