@@ -41,6 +41,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from bench_router_overhead import time_single  # this folder is the script's sys.path[0]
 from llmdispatch.data.locate import load_table
 from llmdispatch.data.splits import hash_split
 from llmdispatch.data.table import OutcomeTable
@@ -184,18 +185,6 @@ def time_encoder(router: Router, queries: list[Query]) -> np.ndarray:
     return out
 
 
-def time_decision(router: Router, queries: list[Query], allowed: frozenset[str]) -> np.ndarray:
-    """Seconds per live decision (``Router.start`` up to its first attempt)."""
-    out = np.empty(len(queries))
-    for i, q in enumerate(queries):
-        t0 = time.perf_counter()
-        flow = router.start(q, allowed)
-        next(flow)
-        out[i] = time.perf_counter() - t0
-        flow.close()
-    return out
-
-
 def time_batch(router: Router, texts: list[str]) -> float:
     """Prompts per second through one ``encode`` call (no encoding cache)."""
     t0 = time.perf_counter()
@@ -217,7 +206,7 @@ def run_speed(
     allowed = frozenset(test.models)
     for router in routers.values():  # warm-up: model loading, lazy imports, index caches
         router.encoder_.encode(batch_texts[:16])
-        time_decision(router, queries[:20], allowed)
+        time_single(router, queries[:20], allowed)
     rates: dict[str, list[float]] = {e: [] for e in routers}
     for _ in range(rounds):
         for e, router in routers.items():
@@ -228,7 +217,7 @@ def run_speed(
         part = queries[start : start + CHUNK]
         for e, router in routers.items():
             enc[e].append(time_encoder(router, part))
-            dec[e].append(time_decision(router, part, allowed))
+            dec[e].append(time_single(router, part, allowed))
     out: dict[str, dict[str, float]] = {}
     for e in routers:
         le, ld = np.concatenate(enc[e]) * 1e3, np.concatenate(dec[e]) * 1e3
