@@ -680,23 +680,25 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
+def _proxy(r: dict[str, Any], prefix: str, workers: str) -> dict[str, Any] | None:
+    """The measured entry of a proxy (``prefix``: its name's start; ``workers``: "(1 worker)"
+    or "(2 workers)"), or ``None`` when it was not run or failed to start."""
+    e = next((e for n, e in r["proxies"].items() if n.startswith(prefix) and workers in n), None)
+    return None if e is None or "error" in e else e
+
+
 def _mib(value: float | None) -> str:
     return "—" if value is None else f"{value:.0f}"
 
 
 def _targets(r: dict[str, Any]) -> list[str]:
     """The performance targets, each with this run's figure and ``met`` / ``missed``."""
-    proxies = r["proxies"]
-
-    def find(prefix: str, workers: str) -> dict[str, Any] | None:
-        e = next((e for n, e in proxies.items() if n.startswith(prefix) and workers in n), None)
-        return None if e is None or "error" in e else e
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "missed"
 
     out = []
-    ours = find("llmdispatch", "(1 worker)")
+    ours = _proxy(r, "llmdispatch", "(1 worker)")
     if ours is None:
         return out
     for variant, limit in (("pass-through", 1.0), ("router", 2.0)):
@@ -708,7 +710,7 @@ def _targets(r: dict[str, Any]) -> list[str]:
                 f"{verdict(v < limit)}"
             )
     for workers in ("(1 worker)", "(2 workers)"):
-        a, b = find("llmdispatch", workers), find("LiteLLM", workers)
+        a, b = _proxy(r, "llmdispatch", workers), _proxy(r, "LiteLLM", workers)
         if a is None or b is None:
             continue
         for variant in ("pass-through", "router"):
@@ -720,7 +722,7 @@ def _targets(r: dict[str, Any]) -> list[str]:
                     f"{verdict(x / y >= 10)}"
                 )
     for workers in ("(1 worker)", "(2 workers)"):
-        e = find("llmdispatch", workers)
+        e = _proxy(r, "llmdispatch", workers)
         if e is not None and "rss_worker_load_mib" in e:
             rest, load = e["rss_worker_rest_mib"], e["rss_worker_load_mib"]
             out.append(
@@ -733,23 +735,16 @@ def _targets(r: dict[str, Any]) -> list[str]:
 
 def _ratios(r: dict[str, Any]) -> list[str]:
     out = []
-    proxies = r["proxies"]
-    for workers in ("1 worker)", "2 workers)"):
-        ours = next(
-            (e for n, e in proxies.items() if n.startswith("llmdispatch") and n.endswith(workers)),
-            None,
-        )
-        theirs = next(
-            (e for n, e in proxies.items() if n.startswith("LiteLLM") and n.endswith(workers)), None
-        )
-        if ours is None or theirs is None or "error" in ours or "error" in theirs:
+    for workers in ("(1 worker)", "(2 workers)"):
+        ours, theirs = _proxy(r, "llmdispatch", workers), _proxy(r, "LiteLLM", workers)
+        if ours is None or theirs is None:
             continue
         for variant in ("pass-through", "router"):
             a = ours["variants"][variant]["saturation"]["best"]["rps"]
             b = theirs["variants"][variant]["saturation"]["best"]["rps"]
             if b > 0:
                 out.append(
-                    f"throughput, {variant}, {workers[:-1]}: {a / b:.1f}× LiteLLM "
+                    f"throughput, {variant}, {workers[1:-1]}: {a / b:.1f}× LiteLLM "
                     f"({a:.0f} vs {b:.0f} requests/s)"
                 )
         for variant in ("pass-through", "router"):
@@ -761,7 +756,7 @@ def _ratios(r: dict[str, Any]) -> list[str]:
                     f"added p50 latency at concurrency 1, {variant}: {a:.2f} ms vs {b:.2f} ms"
                 )
         out.append(
-            f"memory at rest, {workers[:-1]}: {ours['rss_rest_mib']:.0f} MiB vs "
+            f"memory at rest, {workers[1:-1]}: {ours['rss_rest_mib']:.0f} MiB vs "
             f"{theirs['rss_rest_mib']:.0f} MiB"
         )
     return out

@@ -75,7 +75,7 @@ from llmdispatch.policies.router import Router
 from llmdispatch.query import Query
 from llmdispatch.registry import register
 from llmdispatch.signals.base import Signal
-from llmdispatch.signals.calibrated import CalibratedSignal, group_labels
+from llmdispatch.signals.calibrated import CalibratedSignal, group_label, group_labels
 from llmdispatch.types import BoolMatrix, FloatMatrix, FloatVector, IntVector
 
 #: Unit-free λ values swept offline (as the router's, over the range where choices change).
@@ -99,6 +99,21 @@ class Inputs:
     check_cost: FloatMatrix
     check_latency: FloatMatrix
     groups: npt.NDArray[np.str_] | None = None  # top-level data-set label per row
+
+
+def _by_label(
+    labels: Sequence[str | None],
+    models: Sequence[str],
+    per_group: dict[str, dict[str, float]],
+    per_model: dict[str, float],
+) -> FloatMatrix:
+    """Per row and model, the row's top-level label's value, else the model's overall one."""
+    out = np.empty((len(labels), len(models)))
+    for i, label in enumerate(labels):
+        group = group_label(label)
+        values = per_group.get(group, per_model) if group is not None else per_model
+        out[i] = [values[m] for m in models]
+    return out
 
 
 class LabelCosts:
@@ -142,12 +157,7 @@ class LabelCosts:
 
     def factors(self, labels: Sequence[str | None]) -> FloatMatrix:
         """The factor per row (by its data-set label, ``None``: unlabelled) and model."""
-        out = np.empty((len(labels), len(self.models_)))
-        for i, label in enumerate(labels):
-            group = str(label).split("/", 1)[0] if label else None
-            ratios = self.group_.get(group, self.model_) if group is not None else self.model_
-            out[i] = [ratios[m] for m in self.models_]
-        return out
+        return _by_label(labels, self.models_, self.group_, self.model_)
 
     def state(self) -> dict[str, Any]:
         """JSON-able state."""
@@ -190,12 +200,7 @@ class CheckCostModel:
 
     def expected(self, labels: Sequence[str | None]) -> FloatMatrix:
         """``K̂`` for rows with these data-set labels (``None``: unlabelled)."""
-        out = np.empty((len(labels), len(self.models_)))
-        for i, label in enumerate(labels):
-            group = str(label).split("/", 1)[0] if label else None
-            means = self.group_.get(group, self.model_) if group is not None else self.model_
-            out[i] = [means[m] for m in self.models_]
-        return out
+        return _by_label(labels, self.models_, self.group_, self.model_)
 
     def state(self) -> dict[str, Any]:
         """JSON-able state."""
@@ -1005,7 +1010,7 @@ class CascadeRouting(_RouterWithSignal):
         q = self.router_.quality([query])
         c = self._live_cost(query)
         k = self.checks_.expected([label])[0]
-        group = str(label).split("/", 1)[0] if label else None
+        group = group_label(label)
         groups = None if group is None else np.array([group])
         return self.outlook_.mean(q, groups)[0], c + k, c
 
@@ -1024,7 +1029,7 @@ class CascadeRouting(_RouterWithSignal):
         for pos, p in answers.items():
             post[pos] = p
         label = query.metadata.get("dataset")
-        group = str(label).split("/", 1)[0] if label else None
+        group = group_label(label)
         state = self._state(
             tuple(sorted(answers)),
             q[order][None, :],
@@ -1410,7 +1415,7 @@ class RouterCascade(_RouterWithSignal):
     def choice_for(self, lam: float, label: str | None = None) -> LadderChoice:
         """The fitted choice of the knob λ nearest to ``lam`` (for a data-set label, its own
         choice when it has one)."""
-        group = str(label).split("/", 1)[0] if label else None
+        group = group_label(label)
         choices = self.label_choices_.get(group, self.choices_) if group else self.choices_
         return min(choices, key=lambda ch: (abs(ch.lam - lam), ch.lam))
 

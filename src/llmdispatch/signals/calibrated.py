@@ -34,6 +34,11 @@ from llmdispatch.signals.calibration import (
 from llmdispatch.types import FloatMatrix
 
 
+def group_label(label: str | None) -> str | None:
+    """One top-level data-set label (``mmlu/anatomy`` → ``mmlu``); ``None`` when unlabelled."""
+    return str(label).split("/", 1)[0] if label else None
+
+
 def group_labels(datasets: npt.NDArray[np.str_]) -> npt.NDArray[np.str_]:
     """Top-level data-set labels (``mmlu/anatomy`` → ``mmlu``)."""
     return np.array([str(d).split("/", 1)[0] for d in datasets], dtype=str)
@@ -140,9 +145,7 @@ class CalibratedSignal:
     def probability(self, model: str, raw: float, query: Query | None = None) -> float:
         """P(correct) of one live answer with raw value ``raw``."""
         self._check_fitted()
-        group = None
-        if query is not None and (label := query.metadata.get("dataset")):
-            group = str(label).split("/", 1)[0]
+        group = None if query is None else group_label(query.metadata.get("dataset"))
         cal = self._calibrator(model, group)
         if cal is None or np.isnan(raw):
             return float("nan")
