@@ -250,3 +250,22 @@ def test_a_client_leaving_mid_stream_is_billed_logged_and_releases_its_reservati
     assert 0 < row.cost_usd < gw.estimate("gpt-4o", Query.from_text(str(test.prompts[i])), {})
     assert spent == pytest.approx(row.cost_usd)
     assert len(row.response) < len(str(test.responses[i, j]))
+
+
+def test_backoff_sleep_never_returns_early() -> None:
+    """uvloop's millisecond timers may fire before the deadline; a Retry-After may not."""
+    import asyncio
+
+    import uvloop
+
+    from llmdispatch.gateway.providers import sleep_at_least
+
+    async def main() -> list[float]:
+        late = []
+        for seconds in (0.0004, 0.0123, 0.0317, 0.05) * 5:
+            start = time.monotonic()
+            await sleep_at_least(seconds)
+            late.append(time.monotonic() - start - seconds)
+        return late
+
+    assert min(uvloop.run(main())) >= 0 and min(asyncio.run(main())) >= 0

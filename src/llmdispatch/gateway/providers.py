@@ -75,6 +75,14 @@ class StreamHandle:
     chunks: AsyncGenerator[bytes, None]
 
 
+async def sleep_at_least(seconds: float) -> None:
+    """``asyncio.sleep`` that never returns early: uvloop's timers tick in milliseconds and
+    may fire up to one before the deadline, and a ``Retry-After`` is a lower bound."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(left)
+
+
 def _retry_after(value: str | bytes | None) -> float | None:
     """Seconds a ``Retry-After`` header asks to wait (``None`` if absent or not a number)."""
     if value is None:
@@ -222,7 +230,7 @@ class Provider:
             raise exc
         if exc.retry_after is not None and exc.retry_after > self.max_wait_s:
             raise exc
-        await asyncio.sleep(max(self.backoff_s * 2**attempt, exc.retry_after or 0.0))
+        await sleep_at_least(max(self.backoff_s * 2**attempt, exc.retry_after or 0.0))
 
     async def open_stream(self, body: dict[str, Any]) -> StreamHandle:
         """Open a streamed completion; errors before the first event raise (with retries).
