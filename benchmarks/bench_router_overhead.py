@@ -7,14 +7,16 @@ Each router is trained on the train split of one shared data set (default: the l
 ``llmrouter-dc``) and asked about test prompts the way the gateway asks: one live
 decision per request (``Router.start``: encode, estimate, expected cost, constraints,
 choice), timed one query at a time after a warm-up, in one process, interleaving routers
-round-robin so that machine noise hits them alike. Batch throughput is one call of the
-vectorised path over all queries. Writes ``OUT/overhead/overhead.{json,md}``.
+round-robin so that machine noise hits them alike. Batch throughput is the vectorised path
+over all queries (``Router.quality`` with 1 thread, then with one thread per core: this
+machine's 2), the median of 3 rounds. Writes ``OUT/overhead/overhead.{json,md}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -29,7 +31,20 @@ from llmdispatch.policies.router import Router
 from llmdispatch.query import Query
 
 console = Console()
-DEFAULT_ROUTERS = ("knn", "linear", "mlp", "mf", "embedllm", "uniroute", "bradley-terry")
+DEFAULT_ROUTERS = (
+    "knn",
+    "knn-exact",
+    "linear",
+    "mlp",
+    "mf",
+    "embedllm",
+    "uniroute",
+    "bradley-terry",
+)
+#: Router names that are an estimator with non-default parameters.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "knn-exact": ("knn", {"n_components": None}),  # exact search over the sparse rows
+}
 
 
 def time_single(router: Router, queries: list[Query], allowed: frozenset[str]) -> np.ndarray:
@@ -44,14 +59,18 @@ def time_single(router: Router, queries: list[Query], allowed: frozenset[str]) -
     return out
 
 
-def time_batch(router: Router, queries: list[Query]) -> float:
-    """Queries per second through the vectorised path (quality, cost, choice)."""
-    t0 = time.perf_counter()
-    Q = router.quality(queries)
-    C = router.expected_cost(queries)
-    allowed = np.ones(Q.shape, dtype=bool)
-    router.choose(Q, C, allowed, router.lam_, router.cost_scale_)
-    return len(queries) / (time.perf_counter() - t0)
+def time_batch(router: Router, queries: list[Query], n_jobs: int = 1, rounds: int = 3) -> float:
+    """Queries per second through the vectorised path (quality, cost, choice): the median
+    of ``rounds`` runs with ``n_jobs`` threads."""
+    rates = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        Q = router.quality(queries, n_jobs=n_jobs)
+        C = router.expected_cost(queries)
+        allowed = np.ones(Q.shape, dtype=bool)
+        router.choose(Q, C, allowed, router.lam_, router.cost_scale_)
+        rates.append(len(queries) / (time.perf_counter() - t0))
+    return float(np.median(rates))
 
 
 def main() -> None:
@@ -79,7 +98,10 @@ def main() -> None:
             label = f"{name} ({encoder})"
             t0 = time.perf_counter()
             try:
-                routers[label] = Router(estimator=name, encoder=encoder).fit(train)
+                estimator, params = VARIANTS.get(name, (name, {}))
+                routers[label] = Router(
+                    estimator=estimator, estimator_params=params, encoder=encoder
+                ).fit(train)
             except Exception as exc:  # report and go on: one broken router must not hide others
                 console.print(f"[red]{label}: {exc}[/red]")
                 continue
@@ -93,6 +115,7 @@ def main() -> None:
         for label, router in routers.items():
             samples[label].append(time_single(router, queries[start : start + chunk], allowed))
     rows: list[dict[str, Any]] = []
+    cores = len(os.sched_getaffinity(0))
     for label, router in routers.items():
         lat = np.concatenate(samples[label]) * 1e3
         rows.append(
@@ -101,6 +124,8 @@ def main() -> None:
                 "p50_ms": float(np.percentile(lat, 50)),
                 "p99_ms": float(np.percentile(lat, 99)),
                 "batch_qps": time_batch(router, queries),
+                "batch_qps_threads": time_batch(router, queries, n_jobs=cores),
+                "threads": cores,
             }
         )
     base = next((r for r in rows if r["router"] == "knn (tfidf)"), rows[0] if rows else None)
@@ -111,30 +136,32 @@ def main() -> None:
         "train_prompts": train.n_prompts,
         "queries": len(queries),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
-        f"{len(__import__('os').sched_getaffinity(0))} cores, Python {platform.python_version()}",
+        f"{cores} cores, Python {platform.python_version()}",
     }
     (out / "overhead.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [
         f"Router decision overhead on `{args.data}` ({train.n_prompts} training prompts, "
         f"{len(queries)} queries), one live decision at a time, features included.",
         "",
-        "| router | p50 ms | p99 ms | batch queries/s | p50 vs kNN (tfidf) |",
-        "|---|---:|---:|---:|---:|",
+        "| router | p50 ms | p99 ms | batch queries/s, 1 thread "
+        f"| batch queries/s, {cores} threads | p50 vs kNN (tfidf) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     tab = Table(title=lines[0])
-    for col in ("router", "p50 ms", "p99 ms", "batch q/s", "p50 ratio"):
+    for col in ("router", "p50 ms", "p99 ms", "batch q/s", f"batch q/s ({cores} thr)", "p50 ratio"):
         tab.add_column(col, justify="right" if col != "router" else "left")
     for r in rows:
         ratio = r["p50_ms"] / base["p50_ms"] if base else float("nan")
         lines.append(
             f"| {r['router']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
-            f"{r['batch_qps']:,.0f} | {ratio:.2f}× |"
+            f"{r['batch_qps']:,.0f} | {r['batch_qps_threads']:,.0f} | {ratio:.2f}× |"
         )
         tab.add_row(
             r["router"],
             f"{r['p50_ms']:.3f}",
             f"{r['p99_ms']:.3f}",
             f"{r['batch_qps']:,.0f}",
+            f"{r['batch_qps_threads']:,.0f}",
             f"{ratio:.2f}×",
         )
     (out / "overhead.md").write_text("\n".join(lines) + "\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,12 +12,13 @@ from llmdispatch.features.tfidf import TfidfEncoder
 from test_router import planted
 
 
+@pytest.mark.parametrize("n_components", [None, 32])
 @pytest.mark.parametrize("temperature", [None, 0.1])
-def test_single_rows_match_the_batch(temperature: float | None) -> None:
+def test_single_rows_match_the_batch(temperature: float | None, n_components: int | None) -> None:
     table = planted(160, seed=3)
     texts = list(table.full_prompts())
     enc = TfidfEncoder(n_features=1 << 14).fit(texts[:120])
-    est = KNNEstimator(k=15, temperature=temperature, prior_strength=1.0)
+    est = KNNEstimator(k=15, temperature=temperature, prior_strength=1.0, n_components=n_components)
     est.fit(table.take(np.arange(120)), enc.encode(texts[:120]))
     X = enc.encode([*texts[120:], ""])  # no n-grams at all
     batch = est.predict(X)
@@ -44,7 +47,7 @@ def test_index_replaces_the_training_rows_and_gives_them_back_exactly() -> None:
     texts = list(table.full_prompts())
     enc = TfidfEncoder(n_features=1 << 14).fit(texts)
     X = enc.encode(texts)
-    est = KNNEstimator(k=10).fit(table, X)
+    est = KNNEstimator(k=10, n_components=None).fit(table, X)
     before = est.X_train_.copy()
     Q = est.predict(X[:5])
     assert est.__dict__["_X_train"] is None  # the index holds them now
@@ -55,6 +58,42 @@ def test_index_replaces_the_training_rows_and_gives_them_back_exactly() -> None:
     np.testing.assert_array_equal(after.data, before.data)
     again = KNNEstimator.from_state(est.get_state())
     np.testing.assert_array_equal(again.predict(X[:5]), Q)
+    # The low-rank search keeps its projected rows only in the index too.
+    lsa = KNNEstimator(k=10, n_components=16).fit(table, X)
+    rows = lsa.X_train_.copy()
+    Q = lsa.predict(X[:5])
+    assert lsa.__dict__["_X_train"] is None
+    np.testing.assert_array_equal(lsa.X_train_, rows)
+    np.testing.assert_array_equal(KNNEstimator.from_state(lsa.get_state()).predict(X[:5]), Q)
+
+
+def test_low_rank_search_is_chosen_by_leave_one_out_and_round_trips(tmp_path: Path) -> None:
+    """``n_components="auto"`` scores the exact and the LSA search on the same grid and
+    keeps the lower leave-one-out error; the artifact reloads with identical estimates."""
+    from llmdispatch.artifacts import load_artifact, save_artifact
+
+    table = planted(200, seed=7)
+    texts = list(table.full_prompts())
+    enc = TfidfEncoder(n_features=1 << 14).fit(texts)
+    X = enc.encode(texts)
+    est = KNNEstimator(n_components="auto", components_grid=(8, 32)).fit(table, X)
+    spaces = {r["n_components"] for r in est.cv_results_}
+    assert spaces == {None, 8, 32}
+    best = min(est.cv_results_, key=lambda r: r["mse"])
+    width = None if est.projection_ is None else est.projection_.n_components
+    assert best["n_components"] == width
+    assert est.X_train_.shape[1] == (X.shape[1] if width is None else width)
+    # Dense features are never projected.
+    dense = KNNEstimator(n_components=8).fit(table, X[:, :64].toarray())
+    assert dense.projection_ is None
+    with pytest.raises(ValueError, match="n_components"):
+        KNNEstimator(n_components=0).fit(table, X)
+    lsa = KNNEstimator(n_components=32).fit(table, X)
+    save_artifact(tmp_path / "knn", lsa)  # type: ignore[arg-type]
+    loaded, _ = load_artifact(tmp_path / "knn")
+    np.testing.assert_array_equal(loaded.predict(X[:20]), lsa.predict(X[:20]))
+    row = enc.encode_row(texts[3])
+    np.testing.assert_allclose(loaded.predict_row(row), lsa.predict(X[3:4])[0], atol=1e-5)
 
 
 def test_unfitted_knn_has_no_training_rows() -> None:

@@ -57,6 +57,13 @@ def cascades9(shared_data: Callable[[str], Path]) -> tuple[OutcomeTable, Outcome
 
 @pytest.fixture(scope="module")
 def router(cascades9: tuple[OutcomeTable, OutcomeTable]) -> Router:
+    """The exact sparse search (the formula below is written for it)."""
+    return Router(lam=0.1, estimator_params={"n_components": None}).fit(cascades9[0])
+
+
+@pytest.fixture(scope="module")
+def lsa_router(cascades9: tuple[OutcomeTable, OutcomeTable]) -> Router:
+    """The default kNN: neighbours searched in an LSA projection of the TF-IDF rows."""
     return Router(lam=0.1).fit(cascades9[0])
 
 
@@ -144,9 +151,16 @@ def test_predict_row_is_the_plain_formula(
         )
 
 
+@pytest.mark.parametrize("search", ["exact", "lsa"])
 def test_one_query_decisions_match_the_batch(
-    router: Router, cascades9: tuple[OutcomeTable, OutcomeTable]
+    router: Router,
+    lsa_router: Router,
+    cascades9: tuple[OutcomeTable, OutcomeTable],
+    search: str,
 ) -> None:
+    if search == "lsa":
+        router = lsa_router
+        assert getattr(router.estimator_, "projection_", None) is not None
     test = cascades9[1]
     queries = [Query(text=str(text)) for text in test.full_prompts()]
     Q = router.quality_table(test.blind())
@@ -197,3 +211,17 @@ def test_encoders_without_a_row_path_fall_back() -> None:
     assert WithTurns().fit(texts).encode_query_row(Query(text="x")) is None
     assert TfidfEncoder().fit(texts).encode_query_row(Query(text="x")) is not None
     assert Encoder.encode_query_row(TfidfEncoder().fit(texts), Query(text="x")) is None
+
+
+def test_threads_share_a_batch_with_the_same_estimates(
+    lsa_router: Router, cascades9: tuple[OutcomeTable, OutcomeTable]
+) -> None:
+    from llmdispatch.policies.router import PARALLEL_MIN_QUERIES, RouterError
+
+    queries = [Query(text=str(t)) for t in cascades9[1].full_prompts()]
+    assert len(queries) >= PARALLEL_MIN_QUERIES  # large enough to be split
+    serial = lsa_router.quality(queries)
+    np.testing.assert_allclose(lsa_router.quality(queries, n_jobs=2), serial, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(lsa_router.quality(queries, n_jobs=3), serial, rtol=0, atol=1e-6)
+    with pytest.raises(RouterError, match="n_jobs"):
+        lsa_router.quality(queries, n_jobs=0)

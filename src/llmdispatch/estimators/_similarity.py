@@ -10,7 +10,7 @@ sparse; the sum is the exact same product, 5-20× faster on prompt sets with sha
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -31,12 +31,13 @@ class SimilarityIndex:
     def __init__(self, X_train: Features, dense_df: float = 0.05) -> None:
         self.n_rows = int(X_train.shape[0])
         self.n_features = int(X_train.shape[1])
-        #: :meth:`matrix` gives back exactly the training rows (float32 CSR, sorted columns,
-        #: no stored zeros), so their owner may drop its copy.
+        #: :meth:`matrix` gives back exactly the training rows (float32 dense, or float32 CSR
+        #: with sorted columns and no stored zeros), so their owner may drop its copy.
         self.holds_rows = False
         if not sp.issparse(X_train):
             self._dense_T = np.ascontiguousarray(np.asarray(X_train, dtype=np.float32).T)
             self._freq: npt.NDArray[np.intp] | None = None
+            self.holds_rows = np.asarray(X_train).dtype == np.float32
             return
         X = sp.csr_matrix(X_train, dtype=np.float32)
         self.holds_rows = bool(
@@ -69,10 +70,11 @@ class SimilarityIndex:
         self._slot_ptr[1:-1] = T.indptr[stored]
         self._slot_ptr[-1] = T.indptr[-1]
 
-    def matrix(self) -> sp.csr_matrix:
-        """The sparse training rows rebuilt from the dense block and the sparse rest."""
+    def matrix(self) -> Features:
+        """The training rows: dense as given, or sparse rebuilt from the dense block and the
+        sparse rest."""
         if self._freq is None:
-            raise ValueError("a dense index keeps no sparse training rows")
+            return np.ascontiguousarray(self._dense_T.T)
         dense = sp.csr_matrix(self._dense_T.T)
         dense = sp.csr_matrix(
             (dense.data, self._freq[dense.indices], dense.indptr),
@@ -93,6 +95,12 @@ class SimilarityIndex:
         out = np.asarray(Q[:, self._freq].toarray() @ self._dense_T, dtype=np.float64)
         out += (_drop_columns(Q, self._freq_mask) @ self._rare_T).toarray()
         return out
+
+    def dot_dense_one(self, z: npt.NDArray[np.float32]) -> FloatVector:
+        """Inner products of one dense query row with every training row of a dense index."""
+        if self._freq is not None:
+            raise ValueError("dot_dense_one needs an index of dense rows")
+        return np.asarray(z @ self._dense_T, dtype=np.float64)
 
     def _dot_row(self, Q: sp.csr_matrix, i: int) -> FloatMatrix:
         """One query row of :meth:`dot`."""
@@ -132,10 +140,16 @@ class SimilarityIndex:
             out += vals[in_block] @ np.take(self._dense_T, ~code[in_block], axis=0)
         return out
 
-    def chunks(self, Xq: Features) -> Iterator[tuple[int, FloatMatrix]]:
-        """``(start, block)`` of :meth:`dot` over row chunks, to bound memory."""
+    def chunks(self, Xq: Features) -> Iterator[tuple[int, npt.NDArray[np.floating[Any]]]]:
+        """``(start, block)`` of :meth:`dot` over row chunks, to bound memory; a dense
+        index yields its float32 products as they are (the float64 copy would cost as much
+        as the product)."""
         for start in range(0, Xq.shape[0], CHUNK_ROWS):
-            yield start, self.dot(Xq[start : start + CHUNK_ROWS])
+            block = Xq[start : start + CHUNK_ROWS]
+            if self._freq is None:
+                yield start, np.asarray(as_dense(block), dtype=np.float32) @ self._dense_T
+            else:
+                yield start, self.dot(block)
 
 
 def _drop_columns(X: sp.csr_matrix, mask: npt.NDArray[np.bool_]) -> sp.csr_matrix:

@@ -68,20 +68,25 @@ def _char_classes() -> npt.NDArray[np.uint8]:
 
 
 class _Powers:
-    """Growing tables of P^j and P^(−j) modulo 2⁶⁴ (integer array overflow wraps)."""
+    """Growing tables of P^j and P^(−j) modulo 2⁶⁴ (integer array overflow wraps).
+
+    Both tables live in one tuple, replaced in one assignment, so a thread encoding beside
+    another that grows them never sees a longer table paired with a shorter one.
+    """
 
     def __init__(self) -> None:
-        self.fwd: U64 = np.ones(1, dtype=np.uint64)
-        self.inv: U64 = np.ones(1, dtype=np.uint64)
+        one = np.ones(1, dtype=np.uint64)
+        self.tables: tuple[U64, U64] = (one, one)
 
     def get(self, n: int) -> tuple[U64, U64]:
-        if len(self.fwd) < n:
-            size = max(n, 2 * len(self.fwd), 4096)
+        tables = self.tables
+        if len(tables[0]) < n:
+            size = max(n, 2 * len(tables[0]), 4096)
             fwd = np.full(size, _P, dtype=np.uint64)
             inv = np.full(size, _P_INV, dtype=np.uint64)
             fwd[0] = inv[0] = 1
-            self.fwd, self.inv = np.cumprod(fwd), np.cumprod(inv)
-        return self.fwd, self.inv
+            tables = self.tables = (np.cumprod(fwd), np.cumprod(inv))
+        return tables
 
 
 _POWERS = _Powers()

@@ -11,6 +11,9 @@ frequency only (n-grams seen in one or two prompts carry little shared structure
 keeps the stored projection small: ``k × max_columns`` float32 instead of ``k × 2²⁰``; and on
 at most ``max_rows`` training prompts (a seeded sample), which bounds the fit time (sparse
 products dominate it) while leaving enough rows for a 256-dimensional basis.
+
+:class:`LsaProjection` is that projection on its own, for any sparse rows: the kNN estimator
+uses it to search neighbours of TF-IDF rows in a low-rank space.
 """
 
 from __future__ import annotations
@@ -26,6 +29,103 @@ from llmdispatch.features._util import check_texts, digest, l2_normalize_dense
 from llmdispatch.features.base import Encoder
 from llmdispatch.features.tfidf import TfidfEncoder
 from llmdispatch.registry import register
+
+
+class LsaProjection:
+    """Rows of a sparse matrix projected on the top right singular vectors of training rows.
+
+    Fitted with :meth:`fit` on the ``max_columns`` columns of highest document frequency and
+    at most ``max_rows`` rows (a seeded sample); :meth:`transform` and :meth:`transform_row`
+    give float32 rows of unit norm (zero for rows with no kept column).
+    """
+
+    def __init__(
+        self,
+        columns: npt.NDArray[np.int64],
+        projection: npt.NDArray[np.float32],
+        n_features: int,
+    ) -> None:
+        self.columns = np.asarray(columns, dtype=np.int64)
+        self.projection = np.ascontiguousarray(projection, dtype=np.float32)
+        self.n_features = int(n_features)
+        if self.projection.shape[0] != len(self.columns):
+            raise ValueError("projection rows must match the kept columns")
+        self.position = np.full(self.n_features, -1, dtype=np.int32)
+        self.position[self.columns] = np.arange(len(self.columns), dtype=np.int32)
+
+    @property
+    def n_components(self) -> int:
+        """Width of the projected rows."""
+        return int(self.projection.shape[1])
+
+    @classmethod
+    def fit(
+        cls,
+        X: sp.csr_matrix,
+        n_components: int = 256,
+        max_columns: int = 1 << 14,
+        max_rows: int = 2048,
+        n_iter: int = 3,
+        random_state: int = 0,
+        df: npt.NDArray[np.int64] | None = None,
+    ) -> LsaProjection:
+        """Keep the most frequent columns (``df``: document frequencies, counted from ``X``
+        when not given), then fit a truncated SVD on a sample of ``X``'s rows."""
+        from sklearn.decomposition import TruncatedSVD
+
+        if min(n_components, max_columns, max_rows) < 1:
+            raise ValueError("n_components, max_columns and max_rows must be positive")
+        X = sp.csr_matrix(X)
+        if df is None:
+            df = np.bincount(X.indices, minlength=X.shape[1]).astype(np.int64)
+        seen = np.flatnonzero(df)
+        order = np.lexsort((seen, -df[seen]))  # by frequency, ties by column
+        columns = np.sort(seen[order[:max_columns]])
+        if X.shape[0] > max_rows:
+            rng = np.random.default_rng(random_state)
+            X = X[np.sort(rng.choice(X.shape[0], max_rows, replace=False))]
+        position = np.full(X.shape[1], -1, dtype=np.int32)
+        position[columns] = np.arange(len(columns), dtype=np.int32)
+        R = _select(X, position, len(columns))
+        k = min(n_components, R.shape[0] - 1, R.shape[1] - 1)
+        if k < 1:
+            raise ValueError(f"LSA needs at least 2 distinct rows, got {X.shape[0]}")
+        svd = TruncatedSVD(k, n_iter=n_iter, random_state=random_state).fit(R)
+        return cls(columns, svd.components_.T.astype(np.float32), X.shape[1])
+
+    def transform(self, X: sp.csr_matrix) -> npt.NDArray[np.float32]:
+        """``(n, n_components)`` float32 rows of unit norm."""
+        R = _select(sp.csr_matrix(X), self.position, len(self.columns))
+        return l2_normalize_dense(np.asarray(R @ self.projection))
+
+    def transform_row(
+        self, cols: npt.NDArray[np.int32], vals: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32]:
+        """One sparse row (its columns and values) projected: a live query's path."""
+        pos = self.position[cols]
+        keep = pos >= 0
+        z: npt.NDArray[np.float32] = (
+            np.asarray(vals, dtype=np.float32)[keep] @ self.projection[pos[keep]]
+        )
+        norm = float(np.sqrt(np.dot(z, z)))
+        if norm > 0:
+            z /= np.float32(norm)
+        return z
+
+    def get_state(self) -> dict[str, Any]:
+        """Kept columns, the projection (float32) and the input width."""
+        return {
+            "columns": self.columns,
+            "projection": self.projection,
+            "n_features": self.n_features,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> LsaProjection:
+        """Inverse of :meth:`get_state`."""
+        return cls(
+            np.asarray(state["columns"]), np.asarray(state["projection"]), int(state["n_features"])
+        )
 
 
 @register("encoder", "tfidf-svd")
@@ -61,49 +161,36 @@ class TfidfSvdEncoder(Encoder):
 
     def fit(self, texts: Sequence[str]) -> Self:
         """Fit the TF-IDF stage, keep the most frequent columns, fit the SVD on them."""
-        from sklearn.decomposition import TruncatedSVD
-
         texts = check_texts(texts)
         if min(self.n_components, self.max_columns, self.max_rows) < 1:
             raise ValueError("n_components, max_columns and max_rows must be positive")
         tfidf = TfidfEncoder(**self.tfidf_params).fit(texts)
-        seen = np.flatnonzero(tfidf.df_)
-        order = np.lexsort((seen, -tfidf.df_[seen]))  # by frequency, ties by column
-        columns = np.sort(seen[order[: self.max_columns]])
         if len(texts) > self.max_rows:
             rng = np.random.default_rng(self.random_state)
             rows = np.sort(rng.choice(len(texts), self.max_rows, replace=False))
             texts = [texts[i] for i in rows]
-        X = self._restrict(tfidf.encode(texts), columns, tfidf.n_features)
-        k = min(self.n_components, X.shape[0] - 1, X.shape[1] - 1)
-        if k < 1:
-            raise ValueError(f"tfidf-svd needs at least 2 distinct prompts, got {len(texts)}")
-        svd = TruncatedSVD(k, n_iter=self.n_iter, random_state=self.random_state).fit(X)
-        self._set(tfidf, columns, svd.components_.T.astype(np.float32))
+        lsa = LsaProjection.fit(
+            tfidf.encode(texts),
+            self.n_components,
+            self.max_columns,
+            self.max_rows,
+            self.n_iter,
+            self.random_state,
+            df=tfidf.df_,
+        )
+        self._set(tfidf, lsa)
         return self
 
-    def _set(
-        self, tfidf: TfidfEncoder, columns: npt.NDArray[np.int64], proj: npt.NDArray[np.float32]
-    ) -> None:
+    def _set(self, tfidf: TfidfEncoder, lsa: LsaProjection) -> None:
         self.tfidf_ = tfidf
-        self.columns_ = columns.astype(np.int64)
-        self.projection_ = np.ascontiguousarray(proj, dtype=np.float32)
-        self.position_ = np.full(tfidf.n_features, -1, dtype=np.int64)
-        self.position_[self.columns_] = np.arange(len(self.columns_))
-        self.key_ = "tfidf-svd:" + digest(tfidf.key, self.columns_, self.projection_)
-
-    @staticmethod
-    def _restrict(X: sp.csr_matrix, columns: npt.NDArray[np.int64], n: int) -> sp.csr_matrix:
-        position = np.full(n, -1, dtype=np.int64)
-        position[columns] = np.arange(len(columns))
-        return _select(X, position, len(columns))
+        self.lsa_ = lsa
+        self.key_ = "tfidf-svd:" + digest(tfidf.key, lsa.columns, lsa.projection)
 
     def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """``(n, k)`` float32 rows of unit norm (zero for prompts with no kept n-gram)."""
-        if not hasattr(self, "projection_"):
+        if not hasattr(self, "lsa_"):
             raise RuntimeError("TfidfSvdEncoder is not fitted; call fit(texts) first")
-        X = _select(self.tfidf_.encode(texts), self.position_, len(self.columns_))
-        return l2_normalize_dense(np.asarray(X @ self.projection_))
+        return self.lsa_.transform(self.tfidf_.encode(texts))
 
     @property
     def key(self) -> str:
@@ -114,7 +201,7 @@ class TfidfSvdEncoder(Encoder):
 
     def get_state(self) -> dict[str, Any]:
         """The TF-IDF state, kept columns and projection (float32)."""
-        if not hasattr(self, "projection_"):
+        if not hasattr(self, "lsa_"):
             raise RuntimeError("TfidfSvdEncoder is not fitted; call fit(texts) first")
         return {
             "params": {
@@ -125,8 +212,8 @@ class TfidfSvdEncoder(Encoder):
                 "random_state": self.random_state,
             },
             "tfidf": self.tfidf_.get_state(),
-            "columns": self.columns_,
-            "projection": self.projection_,
+            "columns": self.lsa_.columns,
+            "projection": self.lsa_.projection,
         }
 
     @classmethod
@@ -136,11 +223,16 @@ class TfidfSvdEncoder(Encoder):
         tfidf_params = dict(state["tfidf"]["params"])
         tfidf_params["char_ngrams"] = tuple(tfidf_params["char_ngrams"])
         enc = cls(**state["params"], **tfidf_params)
-        enc._set(tfidf, np.asarray(state["columns"]), np.asarray(state["projection"]))
+        lsa = LsaProjection(
+            np.asarray(state["columns"]), np.asarray(state["projection"]), tfidf.n_features
+        )
+        enc._set(tfidf, lsa)
         return enc
 
 
-def _select(X: sp.csr_matrix, position: npt.NDArray[np.int64], width: int) -> sp.csr_matrix:
+def _select(
+    X: sp.csr_matrix, position: npt.NDArray[np.signedinteger[Any]], width: int
+) -> sp.csr_matrix:
     """Keep the columns with ``position >= 0``, renumbered to ``position`` (rows stay sorted)."""
     pos = position[X.indices]
     keep = pos >= 0

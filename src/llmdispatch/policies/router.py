@@ -15,6 +15,8 @@ cheaper model. Sweeping ``λ`` traces the cost/quality curve; calibration
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -35,6 +37,8 @@ from llmdispatch.types import BoolMatrix, Features, FloatMatrix, FloatVector, In
 
 #: ``encoder="auto"``: choose among ``encoder_candidates`` on the validation table.
 AUTO = "auto"
+#: Batches smaller than this are not worth splitting across threads.
+PARALLEL_MIN_QUERIES = 256
 
 #: Unit-free λ values swept offline: 0 (quality only) up to "cheapest model always".
 DEFAULT_LAMBDAS: tuple[float, ...] = (0.0, *np.geomspace(1e-3, 1e3, 61).round(6).tolist())
@@ -219,14 +223,27 @@ class Router(Policy):
             return encode_with_cache(self.encoder_, texts)
         return self.encoder_.encode(texts)
 
-    def quality(self, queries: Sequence[Query]) -> FloatMatrix:
-        """``Q̂`` for live queries."""
+    def quality(self, queries: Sequence[Query], n_jobs: int = 1) -> FloatMatrix:
+        """``Q̂`` for live queries; ``n_jobs`` threads share a large batch (encoding and
+        estimation are numpy and BLAS calls that release the GIL)."""
         self._check_fitted()
+        if n_jobs < 1:
+            raise RouterError(f"n_jobs must be >= 1, got {n_jobs}")
         if len(queries) == 1:
             one = self._quality_one(queries[0])
             if one is not None:
                 return self._full(one[None, :])
-        return self._full(self.estimator_.predict(self.encoder_.encode_queries(list(queries))))
+        queries = list(queries)
+        if n_jobs == 1 or len(queries) < PARALLEL_MIN_QUERIES:
+            return self._quality_batch(queries)
+        self.warm()  # lazily built caches, built once before the threads share them
+        bounds = np.linspace(0, len(queries), 4 * n_jobs + 1).astype(int)
+        with ThreadPoolExecutor(n_jobs) as pool:
+            parts = pool.map(self._quality_batch, [queries[a:b] for a, b in pairwise(bounds)])
+            return np.vstack(list(parts))
+
+    def _quality_batch(self, queries: list[Query]) -> FloatMatrix:
+        return self._full(self.estimator_.predict(self.encoder_.encode_queries(queries)))
 
     def _quality_one(self, query: Query) -> FloatVector | None:
         """``Q̂`` of one live query through the encoder's and estimator's one-row path (no

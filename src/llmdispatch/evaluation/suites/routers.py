@@ -1,8 +1,10 @@
 """Benchmark routers: one :class:`~llmdispatch.policies.router.Router` per paradigm.
 
 Each is the default encoder (hashed n-gram TF-IDF) with one estimator. The kNN baseline
-(``router-knn``) chooses its encoder (TF-IDF or MiniLM) on the validation split and its ``k``
-by leave-one-out, so every other router is compared with the tuned kNN, not a weak one.
+(``router-knn``) chooses its encoder (TF-IDF or MiniLM) on the validation split, and by
+leave-one-out its ``k`` and whether to search neighbours exactly or in an LSA projection, so
+every other router is compared with the tuned kNN, not a weak one. ``router-knn-tfidf`` is
+the default kNN (LSA, 128 dimensions), ``router-knn-exact`` the exact sparse search.
 Hyper-parameters are the estimators' own validation-tuned defaults; nothing here is tuned on
 a test split.
 """
@@ -18,8 +20,14 @@ from llmdispatch.policies.router import Router
 
 #: label → Router parameters.
 ROUTERS: dict[str, dict[str, Any]] = {
-    "knn": {"estimator": "knn", "encoder": "auto", "cache_encodings": True},
+    "knn": {
+        "estimator": "knn",
+        "estimator_params": {"n_components": "auto"},
+        "encoder": "auto",
+        "cache_encodings": True,
+    },
     "knn-tfidf": {"estimator": "knn"},
+    "knn-exact": {"estimator": "knn", "estimator_params": {"n_components": None}},
     "linear": {"estimator": "linear"},
     "mlp": {"estimator": "mlp"},
     "mf": {"estimator": "mf"},
