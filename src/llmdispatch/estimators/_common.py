@@ -62,9 +62,11 @@ def l2_normalize(X: Features) -> Features:
     """Rows scaled to unit L2 norm (zero rows stay zero), as float32; sparse stays CSR."""
     if sp.issparse(X):
         Xc = sp.csr_matrix(X, dtype=np.float32, copy=True)
-        norms = np.sqrt(np.asarray(Xc.multiply(Xc).sum(axis=1)).ravel())
+        lengths = np.diff(Xc.indptr)
+        rows = np.repeat(np.arange(Xc.shape[0]), lengths)
+        norms = np.sqrt(np.bincount(rows, weights=Xc.data * Xc.data, minlength=Xc.shape[0]))
         scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-        Xc.data *= np.repeat(scale, np.diff(Xc.indptr)).astype(np.float32)
+        Xc.data *= np.repeat(scale, lengths).astype(np.float32)
         return Xc
     arr = np.asarray(X, dtype=np.float32)
     norms = np.linalg.norm(arr, axis=1, keepdims=True)

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Self
 
 import numpy as np
+import numpy.typing as npt
 import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
@@ -51,6 +52,7 @@ from llmdispatch.estimators._common import (
 )
 from llmdispatch.estimators._projection import Projector
 from llmdispatch.estimators.base import QualityEstimator, clip_quality
+from llmdispatch.features.lsa import select_columns
 from llmdispatch.registry import register
 from llmdispatch.types import Features, FloatMatrix, FloatVector
 
@@ -202,6 +204,7 @@ class LinearHeads(_PerModelHeads):
     def _design_fit(self, X: Features) -> Features:
         check_int("max_iter", self.max_iter, 1)
         self.n_features_ = int(X.shape[1])
+        self.__dict__.pop("_position", None)
         # Hashed n-gram features have ~10⁶ columns, few of them ever seen: a column no
         # training prompt has gets a zero weight anyway, so fit on the seen ones only.
         if sp.issparse(X):
@@ -214,8 +217,22 @@ class LinearHeads(_PerModelHeads):
         check_n_features(X, self.n_features_)
         Xn = l2_normalize(X)
         if sp.issparse(Xn):
-            return sp.csr_matrix(Xn)[:, self.columns_]
+            return select_columns(sp.csr_matrix(Xn), self._positions(), len(self.columns_))
         return np.asarray(Xn)[:, self.columns_]
+
+    def warm(self) -> None:
+        """Build the column map now rather than on the first live query."""
+        self._check_fitted()
+        self._positions()
+
+    def _positions(self) -> npt.NDArray[np.int32]:
+        """Column → its place among ``columns_`` (−1: not kept), built once."""
+        position: npt.NDArray[np.int32] | None = self.__dict__.get("_position")
+        if position is None:
+            position = np.full(self.n_features_, -1, dtype=np.int32)
+            position[self.columns_] = np.arange(len(self.columns_), dtype=np.int32)
+            self._position = position
+        return position
 
     def _fit_head(
         self, X: Features, y: FloatVector, strength: float, init: Head | None = None

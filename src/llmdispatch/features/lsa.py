@@ -30,6 +30,9 @@ from llmdispatch.features.base import Encoder
 from llmdispatch.features.tfidf import TfidfEncoder
 from llmdispatch.registry import register
 
+#: Up to this many rows, :meth:`LsaProjection.transform` projects row by row.
+_FEW_ROWS = 8
+
 
 class LsaProjection:
     """Rows of a sparse matrix projected on the top right singular vectors of training rows.
@@ -86,7 +89,7 @@ class LsaProjection:
             X = X[np.sort(rng.choice(X.shape[0], max_rows, replace=False))]
         position = np.full(X.shape[1], -1, dtype=np.int32)
         position[columns] = np.arange(len(columns), dtype=np.int32)
-        R = _select(X, position, len(columns))
+        R = select_columns(X, position, len(columns))
         k = min(n_components, R.shape[0] - 1, R.shape[1] - 1)
         if k < 1:
             raise ValueError(f"LSA needs at least 2 distinct rows, got {X.shape[0]}")
@@ -94,8 +97,16 @@ class LsaProjection:
         return cls(columns, svd.components_.T.astype(np.float32), X.shape[1])
 
     def transform(self, X: sp.csr_matrix) -> npt.NDArray[np.float32]:
-        """``(n, n_components)`` float32 rows of unit norm."""
-        R = _select(sp.csr_matrix(X), self.position, len(self.columns))
+        """``(n, n_components)`` float32 rows of unit norm (one row at a time for a few rows:
+        a live request's path, without building sparse matrices)."""
+        X = sp.csr_matrix(X)
+        if X.shape[0] <= _FEW_ROWS:
+            out = np.empty((X.shape[0], self.n_components), dtype=np.float32)
+            for i in range(X.shape[0]):
+                lo, hi = X.indptr[i], X.indptr[i + 1]
+                out[i] = self.transform_row(X.indices[lo:hi], X.data[lo:hi])
+            return out
+        R = select_columns(X, self.position, len(self.columns))
         return l2_normalize_dense(np.asarray(R @ self.projection))
 
     def transform_row(
@@ -230,10 +241,12 @@ class TfidfSvdEncoder(Encoder):
         return enc
 
 
-def _select(
+def select_columns(
     X: sp.csr_matrix, position: npt.NDArray[np.signedinteger[Any]], width: int
 ) -> sp.csr_matrix:
-    """Keep the columns with ``position >= 0``, renumbered to ``position`` (rows stay sorted)."""
+    """Keep the columns with ``position >= 0``, renumbered to ``position`` (rows stay sorted
+    when ``position`` grows with the column): scipy's column indexing, without its per-call
+    index arrays over all columns."""
     pos = position[X.indices]
     keep = pos >= 0
     counts = np.bincount(
