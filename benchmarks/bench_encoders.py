@@ -252,6 +252,8 @@ def run_dataset(spec: str, args: argparse.Namespace) -> dict[str, Any]:
             assert isinstance(est, KNNEstimator)
             row |= {
                 "dims": int(est.n_features_),
+                # The kNN searches sparse TF-IDF rows in an LSA projection by default.
+                "search_dims": None if est.projection_ is None else est.projection_.n_components,
                 "knn": {"k": est.k_, "temperature": est.temperature_, "alpha": est.prior_strength_},
                 "aiq": res.metrics["aiq"],
                 "aiq_ci": res.ci["aiq"],
@@ -295,6 +297,12 @@ def _rate(v: float) -> str:
     return f"{v:,.0f}" if v >= 10 else f"{v:.1f}"
 
 
+def _dims(r: dict[str, Any]) -> str:
+    """Feature width, and the LSA width the kNN searches in when it projects."""
+    width = "2^20 sparse" if r["dims"] == 1 << 20 else str(r["dims"])
+    return width if r.get("search_dims") is None else f"{width} (kNN in LSA {r['search_dims']})"
+
+
 def _ok(row: dict[str, Any] | None) -> bool:
     return row is not None and row.get("error") is None and "aiq" in row
 
@@ -320,7 +328,7 @@ def dataset_rows(ds: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         cells.append(
             [
                 e,
-                "2^20 sparse" if e == BASE and r["dims"] == 1 << 20 else str(r["dims"]),
+                _dims(r),
                 str(r["knn"]["k"]),
                 _ci(r["aiq"], r["aiq_ci"]),
                 "(baseline)" if e == BASE else _ci(r["d_aiq_tfidf"], r["d_aiq_tfidf_ci"]),

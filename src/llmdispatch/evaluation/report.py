@@ -165,8 +165,8 @@ def summary_markdown(results: list[DatasetResult]) -> list[str]:
         "Per data set, the best router (decides before generation) and, where another family "
         "does better, the best policy of any family, by AIQ on the test split, with the paired "
         "95 % intervals of the AIQ difference to the zero router and to the tuned kNN router "
-        "(k and encoder chosen on validation). `yes`: the interval lies above zero; `tie`: it "
-        "includes zero; `no`: it lies below.",
+        "(encoder chosen on validation; k and exact or LSA search by leave-one-out). `yes`: the "
+        "interval lies above zero; `tie`: it includes zero; `no`: it lies below.",
         "",
         f"The best router beats the zero router on {beats_zero} of {n_sets} data sets and the "
         f"tuned kNN router on {beats_knn} of {n_sets} (interval above zero).",
