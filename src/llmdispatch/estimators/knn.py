@@ -25,9 +25,10 @@ an ``n_components``-dimensional LSA projection (Deerwester et al., 1990; see
 :class:`~llmdispatch.features.lsa.LsaProjection`) fitted on the training rows, as approximate
 nearest-neighbour indexes reduce dimension before searching (e.g. FAISS's PCA pre-transform).
 One query then costs a dense product with the training rows instead of gathering posting
-lists of thousands of n-grams: several times faster, with a bounded worst case. The encoder
-study in ``docs/benchmarks.md`` compares the routing quality of both; ``n_components=None``
-searches the sparse rows exactly.
+lists of thousands of n-grams: several times faster, with a bounded worst case.
+``n_components=None`` searches the sparse rows exactly, and ``"auto"`` picks by leave-one-out;
+``llmdispatch bench`` runs the default and the exact search side by side
+(``router-knn-tfidf``, ``router-knn-exact``).
 """
 
 from __future__ import annotations
