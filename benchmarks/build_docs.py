@@ -141,6 +141,11 @@ def main() -> None:
     lines += ["## Router decision overhead", ""]
     lines += section(out / "overhead" / "overhead.md", out / "overhead", img, "overhead-", 2)
     lines += [
+        "`knn (tfidf)` is the default kNN, which searches a 128-dimensional LSA projection of "
+        "the TF-IDF rows; `knn-exact` searches the sparse rows themselves. Batch throughput is "
+        "`Router.quality` over all queries (median of 3 rounds) on one thread and on one thread "
+        "per core (`n_jobs`).",
+        "",
         "Gateway latency, throughput and memory beside LiteLLM: [performance.md](performance.md).",
         "",
     ]
