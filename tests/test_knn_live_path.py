@@ -122,3 +122,28 @@ def test_policy_warm_reaches_its_estimator() -> None:
     assert router.estimator_.__dict__["_index_cache"] is None
     router.warm()
     assert router.estimator_.__dict__["_index_cache"] is not None
+
+
+@pytest.mark.parametrize("n, k", [(5608, 50), (5608, 300), (5608, 701), (1485, 300), (40, 5)])
+def test_top_k_by_threshold_is_the_exact_top_k(n: int, k: int) -> None:
+    """The sampled-threshold selection returns exactly the k largest, most similar first,
+    also when the threshold leaves too few candidates (many equal similarities)."""
+    from llmdispatch.estimators.knn import _top_k, _top_k_one
+
+    rng = np.random.default_rng(n + k)
+    cases = [
+        rng.standard_normal(n),
+        np.round(rng.standard_normal(n), 1),  # heavy ties
+        np.sort(rng.standard_normal(n)),  # the largest all outside the sample's stride
+        np.zeros(n),
+    ]
+    for sims in cases:
+        idx, top = _top_k_one(sims, k)
+        assert len(set(idx.tolist())) == k
+        np.testing.assert_array_equal(top, np.sort(sims)[::-1][:k])
+        np.testing.assert_array_equal(sims[idx], top)
+    block = np.vstack(cases).astype(np.float32)
+    idx2, top2 = _top_k(block, k)
+    assert top2.dtype == np.float64
+    np.testing.assert_array_equal(np.take_along_axis(block, idx2, axis=1), top2)
+    np.testing.assert_array_equal(top2, -np.sort(-block.astype(np.float64), axis=1)[:, :k])
