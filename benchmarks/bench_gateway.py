@@ -699,6 +699,18 @@ def _proxy(r: dict[str, Any], prefix: str, workers: str) -> dict[str, Any] | Non
     return None if e is None or "error" in e else e
 
 
+def _throughputs(ours: dict[str, Any], theirs: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """``(variant, our requests/s, theirs)`` at saturation, for pass-through and router,
+    where theirs is above zero (a ratio exists)."""
+    out = []
+    for variant in ("pass-through", "router"):
+        a = ours["variants"][variant]["saturation"]["best"]["rps"]
+        b = theirs["variants"][variant]["saturation"]["best"]["rps"]
+        if b > 0:
+            out.append((variant, a, b))
+    return out
+
+
 def _mib(value: float | None) -> str:
     return "—" if value is None else f"{value:.0f}"
 
@@ -725,14 +737,11 @@ def _targets(r: dict[str, Any]) -> list[str]:
         a, b = _proxy(r, "llmdispatch", workers), _proxy(r, "LiteLLM", workers)
         if a is None or b is None:
             continue
-        for variant in ("pass-through", "router"):
-            x = a["variants"][variant]["saturation"]["best"]["rps"]
-            y = b["variants"][variant]["saturation"]["best"]["rps"]
-            if y > 0:
-                out.append(
-                    f"throughput ≥ 10× LiteLLM, {variant}, {workers[1:-1]}: {x / y:.1f}×, "
-                    f"{verdict(x / y >= 10)}"
-                )
+        for variant, x, y in _throughputs(a, b):
+            out.append(
+                f"throughput ≥ 10× LiteLLM, {variant}, {workers[1:-1]}: {x / y:.1f}×, "
+                f"{verdict(x / y >= 10)}"
+            )
     for workers in ("(1 worker)", "(2 workers)"):
         e = _proxy(r, "llmdispatch", workers)
         if e is not None and "rss_worker_load_mib" in e:
@@ -751,14 +760,11 @@ def _ratios(r: dict[str, Any]) -> list[str]:
         ours, theirs = _proxy(r, "llmdispatch", workers), _proxy(r, "LiteLLM", workers)
         if ours is None or theirs is None:
             continue
-        for variant in ("pass-through", "router"):
-            a = ours["variants"][variant]["saturation"]["best"]["rps"]
-            b = theirs["variants"][variant]["saturation"]["best"]["rps"]
-            if b > 0:
-                out.append(
-                    f"throughput, {variant}, {workers[1:-1]}: {a / b:.1f}× LiteLLM "
-                    f"({a:.0f} vs {b:.0f} requests/s)"
-                )
+        for variant, a, b in _throughputs(ours, theirs):
+            out.append(
+                f"throughput, {variant}, {workers[1:-1]}: {a / b:.1f}× LiteLLM "
+                f"({a:.0f} vs {b:.0f} requests/s)"
+            )
         for variant in ("pass-through", "router"):
             la = ours["variants"][variant].get("latency")
             lb = theirs["variants"][variant].get("latency")

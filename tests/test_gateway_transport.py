@@ -76,16 +76,21 @@ def test_keep_alive_reuses_one_connection_and_survives_a_server_side_close() -> 
     assert len(connections) == 2
 
 
+async def _write_chunked(writer: asyncio.StreamWriter, pieces: tuple[bytes, ...]) -> None:
+    """A chunked 200 response, one chunk per piece with a pause between them."""
+    writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+    for piece in pieces:
+        writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        await writer.drain()
+        await asyncio.sleep(0.01)
+    writer.write(b"0\r\n\r\n")
+
+
 def test_chunked_and_close_delimited_bodies() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await _request_head(reader)
         if b"/chunked" in head:
-            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-            for piece in (b"data: 1\n\n", b"data: 2\n\n"):
-                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-                await writer.drain()
-                await asyncio.sleep(0.01)
-            writer.write(b"0\r\n\r\n")
+            await _write_chunked(writer, (b"data: 1\n\n", b"data: 2\n\n"))
         else:  # no length: the body ends when the connection closes
             writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end")
         await writer.drain()
@@ -152,12 +157,7 @@ def test_send_raw_reads_whole_responses_on_kept_connections() -> None:
             for served in range(1, 4):
                 head = await _request_head(reader)
                 if b"/chunked" in head:
-                    writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-                    for piece in (b'{"a": ', b"1}"):
-                        writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-                        await writer.drain()
-                        await asyncio.sleep(0.01)
-                    writer.write(b"0\r\n\r\n")
+                    await _write_chunked(writer, (b'{"a": ', b"1}"))
                 elif b"/close" in head:
                     writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end")
                     await writer.drain()

@@ -195,10 +195,10 @@ class KNNEstimator(QualityEstimator):
         self._check_fitted()
         if sp.issparse(X) and X.shape[0] <= FEW_ROWS:
             return self._predict_few(sp.csr_matrix(X))
-        Xq = l2_normalize(check_features(X))
+        Xq = check_features(X)
         check_n_features(Xq, self.n_features_)
-        if self.projection_ is not None:
-            Xq = self.projection_.transform(Xq)
+        # The projection's rows come out unit-norm whatever the input's scale.
+        Xq = l2_normalize(Xq) if self.projection_ is None else self.projection_.transform(Xq)
         YM, Mf = self._targets()
         out = np.empty((Xq.shape[0], len(self.models_)), dtype=np.float64)
         n_train = self.Y_.shape[0]
