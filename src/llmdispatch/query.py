@@ -11,7 +11,10 @@ class Query:
     """One request to decide on.
 
     ``text`` is what routers encode (system prompt and the user turns, joined); ``messages``
-    are the OpenAI-format messages when the request came through the gateway.
+    are the OpenAI-format messages when the request came through the gateway. ``estimates``
+    holds what a batched :meth:`~llmdispatch.policies.base.Policy.prefetch` computed ahead
+    for this query (keyed by the policy that will read it); it is not part of the query's
+    identity.
     """
 
     text: str
@@ -21,6 +24,7 @@ class Query:
     turns: int = 1
     user: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    estimates: dict[int, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def estimated_tokens_in(self) -> int:

@@ -29,6 +29,7 @@ keys:                    # optional; without keys the gateway is open
 budgets: {global_usd: 1000, per_model_usd: {gpt-4o: 200}, window: month, on_exhausted: reject}
 breaker: {failures: 5, cooldown_s: 30}   # per-model circuit breaker
 upstream_transport: fast                 # or httpx (proxies from the environment, HTTP/2)
+max_decision_batch: 256  # requests decided together under load (1: one at a time)
 ```
 """
 
@@ -176,6 +177,12 @@ class GatewayConfig(BaseModel):
     max_fallbacks: int = Field(default=3, ge=0)
     upstream_transport: Literal["fast", "httpx"] = Field(
         default="fast", description="fast: lean HTTP/1.1 keep-alive; httpx: proxies, HTTP/2"
+    )
+    max_decision_batch: int = Field(
+        default=256,
+        ge=1,
+        description="routing decisions of requests that arrive together are estimated in "
+        "batches of up to this many (1: each alone)",
     )
     affinity_ttl_s: float = Field(default=3600.0, gt=0)
     log_prompts: bool = True

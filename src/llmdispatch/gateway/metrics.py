@@ -7,6 +7,7 @@ Exposed names (counters get ``_total``, histograms ``_bucket``/``_sum``/``_count
 ``llmdispatch_request_seconds``            end-to-end latency by answering model
 ``llmdispatch_time_to_first_token_seconds`` streamed time to first token by model
 ``llmdispatch_decisions_total``            a policy's first choice by model
+``llmdispatch_decision_batch_size``        requests whose routing estimates were batched
 ``llmdispatch_cost_usd_total``             USD spent by model
 ``llmdispatch_escalations_total``          extra model calls made by cascades, by policy
 ``llmdispatch_fallbacks_total``            failures answered by another model, by reason
@@ -32,6 +33,9 @@ from prometheus_client import (
 
 #: Seconds; from a cache hit (1 ms) to a long generation (1 min).
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+#: Requests per batch of routing decisions.
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 #: The media type of :meth:`GatewayMetrics.render`'s output.
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -68,6 +72,12 @@ class GatewayMetrics:
             "llmdispatch_decisions",
             "First choice of a policy by model",
             ["policy", "model"],
+            registry=r,
+        )
+        self.decision_batch = Histogram(
+            "llmdispatch_decision_batch_size",
+            "Requests that reached the policy together and were estimated in one batch",
+            buckets=_BATCH_BUCKETS,
             registry=r,
         )
         self.cost = Counter("llmdispatch_cost_usd", "Spent USD by model", ["model"], registry=r)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmdispatch.catalog import ModelCard
 from llmdispatch.gateway.auth import KeyInfo, KeyRing, check_rights
+from llmdispatch.gateway.batching import DecisionBatcher
 from llmdispatch.gateway.config import GatewayConfig
 from llmdispatch.gateway.errors import GatewayError
 from llmdispatch.gateway.metrics import GatewayMetrics
@@ -147,6 +148,7 @@ class Gateway:
 
             self.log = RequestLog(cfg.database)
         self.metrics = GatewayMetrics()
+        self.batcher = DecisionBatcher(cfg.max_decision_batch, self.metrics.decision_batch.observe)
         self.keys = KeyRing(cfg.keys)
         self.recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self.created = int(time.time())
@@ -415,6 +417,8 @@ class Gateway:
         target: str,
     ) -> tuple[str, dict[str, Any]]:
         """Run a policy (or a pass-through to ``target``) to its reply; returns (model, body)."""
+        if policy is not None and self.cfg.max_decision_batch > 1:
+            await self.batcher.prefetch(policy, query)
         excluded: set[str] = set()  # models that failed: the next round decides without them
         answers: dict[str, dict[str, Any]] = {}
         last_error: Exception | None = None

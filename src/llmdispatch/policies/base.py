@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
@@ -147,6 +147,24 @@ class Policy(ABC):
         for value in vars(self).values():
             if isinstance(value, Policy | QualityEstimator):
                 value.warm()
+
+    def held_policies(self) -> list[Policy]:
+        """The policies this one holds (a composition's router and cascade)."""
+        return [v for v in vars(self).values() if isinstance(v, Policy)]
+
+    def prefetches(self) -> bool:
+        """Whether :meth:`prefetch` computes anything for this policy (a router's
+        estimates, or those of a router it holds)."""
+        return any(p.prefetches() for p in self.held_policies())
+
+    def prefetch(self, queries: Sequence[Query]) -> None:
+        """Compute, in one batched call, what the live decisions on ``queries`` will need
+        (a router's ``Q̂``), and leave it in each query's ``estimates`` for :meth:`start` and
+        :meth:`explain` to read: a serving process deciding on many queries at once pays for
+        one batch instead of one per query. The default prefetches for the held policies."""
+        for policy in self.held_policies():
+            if policy.prefetches():
+                policy.prefetch(queries)
 
     def start(
         self, query: Query, allowed: frozenset[str]
