@@ -43,19 +43,11 @@ class DecisionBatcher:
         self.on_batch = on_batch
         self._pending: dict[int, tuple[Policy, list[tuple[Query, asyncio.Future[None]]]]] = {}
         self._scheduled = False
-        self._wants: dict[int, bool] = {}
-
-    def wants(self, policy: Policy) -> bool:
-        """Whether ``policy`` has estimates to prefetch (remembered per policy)."""
-        known = self._wants.get(id(policy))
-        if known is None:
-            known = self._wants[id(policy)] = policy.prefetches()
-        return known
 
     async def prefetch(self, policy: Policy, query: Query) -> None:
         """Return once ``query``'s estimates for ``policy`` are in its ``estimates`` (or,
         when the batch could not be estimated, once the per-query path must compute them)."""
-        if not self.wants(policy):
+        if not policy.prefetches():
             return
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
