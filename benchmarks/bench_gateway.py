@@ -1,10 +1,11 @@
 """Gateway overhead and throughput, side by side with LiteLLM's proxy, in one run.
 
     .venv/bin/python benchmarks/bench_gateway.py [--quick] [--out results]
-        [--litellm-version 1.106.0] [--no-litellm]
+        [--litellm-version 1.106.0] [--no-litellm] [--response-chars N] [--upstream-delay-ms MS]
 
 One upstream for everyone: the replay provider (``llmdispatch serve-replay``, recorded
-answers of ``cascades9``) on loopback. Then, each in its own process and one after another:
+answers of ``cascades9``, or answers of ``--response-chars`` characters after
+``--upstream-delay-ms``) on loopback. Then, each in its own process and one after another:
 
 * llmdispatch's gateway with a pass-through model, the default router (hashed TF-IDF +
   kNN) and a two-rung cascade, on one worker and on two;
@@ -359,6 +360,15 @@ def main() -> None:
     ap.add_argument("--no-litellm", action="store_true")
     ap.add_argument("--litellm-version", default="1.106.0")
     ap.add_argument(
+        "--response-chars",
+        type=int,
+        default=None,
+        help="the upstream answers this many characters (default: the recorded answers)",
+    )
+    ap.add_argument(
+        "--upstream-delay-ms", type=float, default=0.0, help="the upstream waits this long"
+    )
+    ap.add_argument(
         "--markdown-only",
         type=Path,
         metavar="JSON",
@@ -382,7 +392,10 @@ def main() -> None:
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Linux "
         f"{platform.release()}, Python {platform.python_version()}",
-        "upstream": "llmdispatch serve-replay cascades9 (2 workers)",
+        "upstream": "llmdispatch serve-replay cascades9 (2 workers"
+        + (f", {args.response_chars}-character answers" if args.response_chars else "")
+        + (f", {args.upstream_delay_ms:g} ms delay" if args.upstream_delay_ms else "")
+        + ")",
         "command": " ".join([".venv/bin/python benchmarks/bench_gateway.py", *sys.argv[1:]]),
         "proxies": {},
     }
@@ -390,8 +403,12 @@ def main() -> None:
     results["router_breakdown"] = router_breakdown(arts["router"], prompts)
     litellm = None if args.no_litellm else ensure_litellm(args.litellm_version)
     models = ["gpt-4o-mini", "gpt-4o", "llama3.1-70b", "llama3.1-8b"]
+    up_cmd = [str(BIN / "llmdispatch"), "serve-replay", DATA, "--port", str(up_port)]
+    up_cmd += ["--workers", "2", "--delay-ms", str(args.upstream_delay_ms)]
+    if args.response_chars:
+        up_cmd += ["--response-chars", str(args.response_chars)]
     with process(
-        [str(BIN / "llmdispatch"), "serve-replay", DATA, "--port", str(up_port), "--workers", "2"],
+        up_cmd,
         upstream,
         ready="/v1/models",
     ):

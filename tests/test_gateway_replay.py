@@ -169,3 +169,29 @@ def test_module_entry_point_serves_with_two_workers(
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.mark.parametrize("chars", [7, 5000])
+def test_response_size_is_configurable(table: OutcomeTable, chars: int) -> None:
+    i = long_row(table)
+    recorded = str(table.responses[i, table.models.index("gpt-4o")])
+    messages = [{"role": "user", "content": str(table.prompts[i])}]
+    options = ReplayOptions(response_chars=chars, chunk_size=64)
+    with serve_in_thread(build_replay_app(table, options)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        reply = client.chat.completions.create(model="gpt-4o", messages=messages)  # type: ignore[arg-type]
+        text = reply.choices[0].message.content or ""
+        assert len(text) == chars and text.startswith(recorded[: min(chars, len(recorded))])
+        assert reply.usage is not None and reply.usage.completion_tokens == max(1, chars // 4)
+        stream = client.chat.completions.create(model="gpt-4o", messages=messages, stream=True)  # type: ignore[arg-type]
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == text
+
+
+def test_bad_response_size_is_a_clear_error(shared_data: Callable[[str], Path]) -> None:
+    with pytest.raises(ValueError, match="response_chars"):
+        ReplayOptions(response_chars=0)
+    cmd = [sys.executable, "-m", "llmdispatch.cli", "serve-replay", str(shared_data("cascades9"))]
+    done = subprocess.run(
+        [*cmd, "--response-chars", "0"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0 and "response_chars must be at least 1" in done.stderr

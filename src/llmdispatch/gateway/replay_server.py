@@ -16,7 +16,9 @@ Faults for tests and benchmarks (:class:`ReplayOptions`): ``fail_rate``/``fail_s
 answer some requests with an error status (429s carry ``Retry-After: retry_after``);
 ``reset_rate`` drops the connection after the headers; ``cut_after`` ends every stream after
 that many content chunks without its terminator; ``delay_ms`` adds a fixed delay before an
-answer and ``chunk_delay_ms`` one before each streamed chunk (a generation speed). A request
+answer and ``chunk_delay_ms`` one before each streamed chunk (a generation speed);
+``response_chars`` sets every answer's size (the recorded text repeated or cut to that many
+characters, usage counted from it) to measure a proxy against larger or smaller bodies. A request
 header ``x-replay-fault`` forces one fault for exactly that request: ``500``, ``429``,
 ``503``, ``timeout`` (hang ``hang_s``), ``reset`` or ``cut``.
 
@@ -64,12 +66,15 @@ class ReplayOptions:
     retry_after: float = 0.0
     reset_rate: float = 0.0
     cut_after: int | None = None
+    response_chars: int | None = None
     hang_s: float = 30.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
+        if self.response_chars is not None and self.response_chars < 1:
+            raise ValueError("response_chars must be at least 1")
         for name in ("fail_rate", "reset_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]")
@@ -115,6 +120,12 @@ def _message_text(messages: Any) -> tuple[str | None, str]:
         elif role == "user":
             user.append(str(content or ""))
     return system, "\n\n".join(user)
+
+
+def sized(text: str, chars: int) -> str:
+    """``text`` repeated (blank-separated) or cut to exactly ``chars`` characters."""
+    unit = (text or "replayed answer") + " "
+    return (unit * (chars // len(unit) + 1))[:chars]
 
 
 def _int(x: float, default: int) -> int:
@@ -224,6 +235,9 @@ class ReplayApp:
         text = response if isinstance(response, str) else ""
         tin = _int(float(table.tokens_in[i, j]), max(1, len(prompt) // 4))
         tout = _int(float(table.tokens_out[i, j]), max(1, len(text) // 4))
+        if opts.response_chars is not None:
+            text = sized(text, opts.response_chars)
+            tout = max(1, len(text) // 4)
         usage = {"prompt_tokens": tin, "completion_tokens": tout, "total_tokens": tin + tout}
         conf = float(table.confidence[i, j])
         logprobs: dict[str, Any] | None = None
@@ -373,6 +387,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cut-after", type=int, default=None, help="cut every stream after N content chunks"
     )
+    parser.add_argument(
+        "--response-chars",
+        type=int,
+        default=None,
+        help="every answer this many characters (the recorded text repeated or cut)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-level", default="warning")
 
@@ -393,6 +413,7 @@ def serve(args: argparse.Namespace) -> int:
         retry_after=args.retry_after,
         reset_rate=args.reset_rate,
         cut_after=args.cut_after,
+        response_chars=args.response_chars,
         seed=args.seed,
     )
     common: dict[str, Any] = {
