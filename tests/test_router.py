@@ -182,3 +182,56 @@ def test_encoder_is_chosen_on_validation() -> None:
     assert router.trained_on_["encoder"] == chosen
     again = Router.from_state(router.get_state())
     np.testing.assert_allclose(again.quality_table(validation), router.quality_table(validation))
+
+
+def test_encoder_ensemble_weighs_its_members_on_validation(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    table = planted(300)
+    rng = np.random.default_rng(1)  # 30 % of the scores flipped: the two views err apart
+    flip = rng.random(table.score.shape) < 0.3
+    table = replace(table, score=np.where(flip, 1 - table.score, table.score))
+    train, validation = table.take(np.arange(0, 200)), table.take(np.arange(200, 300))
+    router = Router(encoder="ensemble", encoder_candidates=("tfidf", "tfidf-svd")).fit(
+        train, validation
+    )
+    weights = router.trained_on_["encoder_weights"]
+    assert set(weights) == {"tfidf", "tfidf-svd"} and sum(weights.values()) == pytest.approx(1)
+    assert all(abs(10 * w - round(10 * w)) < 1e-9 for w in weights.values())
+    assert len(router.members_) == len(weights) and router.encoder_ is router.members_[0][0]
+    # The weights minimise the validation Brier score over the grid: no single member of
+    # the ensemble (weight 1 on it) does better.
+    known, truth = validation.known, np.nan_to_num(validation.score)
+
+    def brier(q: np.ndarray) -> float:
+        return float(((q - truth) ** 2)[known].mean())
+
+    mixed = brier(router.quality_table(validation))
+    assert all(mixed <= s + 1e-12 for s in router.encoder_scores_.values())
+    # Q̂ is the weighted mean of the members' estimates, live and offline alike.
+    texts = validation.full_prompts()
+    parts = [est.predict(enc.encode(texts)) for enc, est in router.members_]
+    expected = sum(w * q for w, q in zip(router.weights_, parts, strict=True))
+    np.testing.assert_allclose(router.quality_table(validation), expected, atol=1e-6)
+    live = np.vstack([router.quality([Query.from_text(t)]) for t in texts[:10]])
+    np.testing.assert_allclose(live, expected[:10], atol=1e-5)
+    save_artifact(tmp_path / "ens", router)
+    again, _ = load_artifact(tmp_path / "ens")
+    np.testing.assert_allclose(again.weights_, router.weights_)
+    np.testing.assert_allclose(again.quality_table(validation), router.quality_table(validation))
+    assert (
+        again.explain(Query.from_text(texts[0])).choice
+        == router.explain(Query.from_text(texts[0])).choice
+    )
+
+
+def test_auto_keeps_one_member_and_the_single_encoder_artifact_layout() -> None:
+    table = planted(240)
+    train, validation = table.take(np.arange(0, 180)), table.take(np.arange(180, 240))
+    router = Router(encoder="auto", encoder_candidates=("tfidf", "tfidf-svd")).fit(
+        train, validation
+    )
+    assert len(router.members_) == 1 and router.weights_.tolist() == [1.0]
+    state = router.get_state()
+    assert "members" not in state and {"encoder", "estimator"} <= set(state)
+    assert list(router.trained_on_["encoder_weights"].values()) == [1.0]

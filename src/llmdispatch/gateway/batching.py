@@ -2,7 +2,8 @@
 
 Under load many requests reach the policy at once. Deciding on each alone runs a router's
 encoder and estimator once per query; their batch path costs about half as much per query
-from sixteen queries up (default kNN on cascades9: 422 µs alone, 220 µs in batches of 16). A request therefore registers its query and yields to the event loop once; when every
+from sixteen queries up (default kNN on cascades9: 422 µs alone, 220 µs in batches of 16).
+A request therefore registers its query and yields to the event loop once; when every
 request already ready to run has done the same, one callback hands each policy its queries
 as a batch (:meth:`~llmdispatch.policies.base.Policy.prefetch`), and the requests go on to
 decide from the estimates left in their queries. Nothing waits on a timer: a lone request

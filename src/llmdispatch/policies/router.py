@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from itertools import pairwise
+from itertools import pairwise, product
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -37,6 +37,11 @@ from llmdispatch.types import BoolMatrix, Features, FloatMatrix, FloatVector, In
 
 #: ``encoder="auto"``: choose among ``encoder_candidates`` on the validation table.
 AUTO = "auto"
+#: ``encoder="ensemble"``: average the estimates of every candidate encoder's estimator, with
+#: convex weights chosen on the validation table.
+ENSEMBLE = "ensemble"
+#: Weight grid of an ensemble: multiples of 1/ENSEMBLE_STEPS that sum to one.
+ENSEMBLE_STEPS = 10
 #: Batches smaller than this are not worth splitting across threads.
 PARALLEL_MIN_QUERIES = 256
 #: Fewer live queries than this are estimated one by one: the one-row path is faster
@@ -69,7 +74,11 @@ class Router(Policy):
         encoders such as MiniLM, which ``bench`` would otherwise re-embed on every run).
     encoder_candidates : with ``encoder="auto"``, the encoders tried; the one whose quality
         estimates have the lowest Brier score on the validation table is kept (the choice is
-        made on validation, never on test).
+        made on validation, never on test). With ``encoder="ensemble"``, one estimator is
+        fitted per candidate and ``Q̂`` is their weighted mean, the convex weights (multiples
+        of 1/10) minimising the validation Brier score; a candidate whose weight is 0 is
+        dropped. Two views of a prompt (hashed n-grams, MiniLM) err differently, and their
+        mean is often better calibrated than either.
     """
 
     knob_name: ClassVar[str] = "lambda"
@@ -111,7 +120,7 @@ class Router(Policy):
         self.encoder_candidates = tuple(encoder_candidates)
         # Fail early on unknown names, with the registry's list of known ones.
         REGISTRY.get("estimator", estimator)
-        for name in self.encoder_candidates if encoder == AUTO else (encoder,):
+        for name in self.encoder_candidates if encoder in (AUTO, ENSEMBLE) else (encoder,):
             REGISTRY.get("encoder", name)
 
     # ---- fitting ----------------------------------------------------------------------------
@@ -126,14 +135,14 @@ class Router(Policy):
             if unknown:
                 raise RouterError(f"allow names unknown models {unknown}; known: {train.models}")
         texts = train.full_prompts()
-        if self.encoder == AUTO:
+        self.models_ = tuple(train.models)
+        if self.encoder in (AUTO, ENSEMBLE):
             if validation is None:
                 train, validation = train_validation(train)
                 texts = train.full_prompts()
-            self.encoder_, self.estimator_ = self._select_encoder(train, validation)
+            self._set_members(*self._select_encoders(train, validation))
         else:
-            self.encoder_, self.estimator_ = self._fit_pair(self.encoder, train, texts)
-        self.models_ = tuple(train.models)
+            self._set_members([self._fit_pair(self.encoder, train, texts)], [1.0])
         unknown = sorted(set(self.estimator_.models_) - set(self.models_))
         if unknown:
             raise RouterError(f"the estimator predicts models {unknown} the table does not have")
@@ -149,6 +158,10 @@ class Router(Policy):
             "models": list(self.models_),
             "encoder": self.encoder_.registry_name,
             "encoder_scores": dict(getattr(self, "encoder_scores_", {})),
+            "encoder_weights": {
+                enc.registry_name: float(w)
+                for (enc, _), w in zip(self.members_, self.weights_, strict=True)
+            },
         }
         self.lam_ = float(self.lam) if self.lam is not None else 0.0
         self.calibration_: dict[str, Any] = {}
@@ -165,28 +178,45 @@ class Router(Policy):
         X = encode_with_cache(encoder, texts) if self.cache_encodings else encoder.encode(texts)
         return encoder, est.fit(train, X)
 
-    def _select_encoder(
+    def _set_members(
+        self, members: list[tuple[Encoder, QualityEstimator]], weights: Sequence[float]
+    ) -> None:
+        """Keep the members with positive weight; the heaviest is ``encoder_``/``estimator_``
+        (what a single-encoder router has, and what reports name)."""
+        kept = [(m, float(w)) for m, w in zip(members, weights, strict=True) if w > 0]
+        kept.sort(key=lambda mw: -mw[1])
+        self.members_ = [m for m, _ in kept]
+        self.weights_ = np.array([w for _, w in kept]) / sum(w for _, w in kept)
+        self.encoder_, self.estimator_ = self.members_[0]
+
+    def _select_encoders(
         self, train: OutcomeTable, validation: OutcomeTable
-    ) -> tuple[Encoder, QualityEstimator]:
-        """The candidate encoder whose estimates have the lowest validation Brier score."""
+    ) -> tuple[list[tuple[Encoder, QualityEstimator]], list[float]]:
+        """Per candidate encoder, an estimator fitted on ``train`` and scored by its Brier
+        score on ``validation``; ``auto`` keeps the best one, ``ensemble`` the convex weights
+        whose mixture scores best."""
         texts, val_texts = train.full_prompts(), validation.full_prompts()
         known = validation.known
-        best: tuple[float, Encoder, QualityEstimator] | None = None
+        truth = np.nan_to_num(validation.score)
+        members: list[tuple[Encoder, QualityEstimator]] = []
+        predictions: list[FloatMatrix] = []
         self.encoder_scores_: dict[str, float] = {}
         for name in self.encoder_candidates:
             encoder, est = self._fit_pair(name, train, texts)
-            Xv = (
-                encode_with_cache(encoder, val_texts)
-                if self.cache_encodings
-                else (encoder.encode(val_texts))
-            )
-            err = (est.predict(Xv) - np.nan_to_num(validation.score)) ** 2
-            score = float(err[known].mean())
-            self.encoder_scores_[name] = score
-            if best is None or score < best[0]:
-                best = (score, encoder, est)
-        assert best is not None
-        return best[1], best[2]
+            q = self._full(est.predict(self._encode_texts(encoder, val_texts)), est)
+            self.encoder_scores_[name] = float(((q - truth) ** 2)[known].mean())
+            members.append((encoder, est))
+            predictions.append(q)
+        grid = (
+            _simplex(len(members), ENSEMBLE_STEPS)
+            if self.encoder == ENSEMBLE
+            else np.eye(len(members))
+        )
+        briers = []
+        for ws in grid:
+            mixed = sum(w * q for w, q in zip(ws, predictions, strict=True))
+            briers.append(float(((mixed - truth) ** 2)[known].mean()))
+        return members, grid[int(np.argmin(briers))].tolist()
 
     def _calibrate(self, target: CalibrationTarget, validation: OutcomeTable | None) -> None:
         if target.kind == "lambda" or validation is None:
@@ -219,12 +249,24 @@ class Router(Policy):
         """``Q̂`` for every prompt of a table."""
         self._check_fitted()
         self._check_models(table.models)
-        return self._full(self.estimator_.predict(self._encode_texts(table.full_prompts())))
+        texts = table.full_prompts()
+        return self._mix(
+            [
+                self._full(est.predict(self._encode_texts(enc, texts)), est)
+                for enc, est in self.members_
+            ]
+        )
 
-    def _encode_texts(self, texts: list[str]) -> Features:
+    def _encode_texts(self, encoder: Encoder, texts: list[str]) -> Features:
         if self.cache_encodings:
-            return encode_with_cache(self.encoder_, texts)
-        return self.encoder_.encode(texts)
+            return encode_with_cache(encoder, texts)
+        return encoder.encode(texts)
+
+    def _mix(self, estimates: list[FloatMatrix]) -> FloatMatrix:
+        """The members' estimates weighted (one member: its own, untouched)."""
+        if len(estimates) == 1:
+            return estimates[0]
+        return np.asarray(sum(w * q for w, q in zip(self.weights_, estimates, strict=True)))
 
     def quality(self, queries: Sequence[Query], n_jobs: int = 1) -> FloatMatrix:
         """``Q̂`` for live queries; ``n_jobs`` threads share a large batch (encoding and
@@ -238,7 +280,7 @@ class Router(Policy):
                 return np.asarray(ahead)[None, :]
             one = self._quality_one(queries[0])
             if one is not None:
-                return self._full(one[None, :])
+                return one[None, :]
         queries = list(queries)
         if n_jobs == 1 or len(queries) < PARALLEL_MIN_QUERIES:
             return self._quality_batch(queries)
@@ -263,25 +305,33 @@ class Router(Policy):
             query.estimates[id(self)] = row
 
     def _quality_batch(self, queries: list[Query]) -> FloatMatrix:
-        return self._full(self.estimator_.predict(self.encoder_.encode_queries(queries)))
+        return self._mix(
+            [
+                self._full(est.predict(enc.encode_queries(queries)), est)
+                for enc, est in self.members_
+            ]
+        )
 
     def _quality_one(self, query: Query) -> FloatVector | None:
         """``Q̂`` of one live query through the encoder's and estimator's one-row path (no
         sparse matrix is built; the same numbers as the batch call), or ``None`` when either
         has none."""
-        predict_row = getattr(self.estimator_, "predict_row", None)
-        if predict_row is None:
-            return None
-        row = self.encoder_.encode_query_row(query)
-        if row is None:
-            return None
-        q: FloatVector = predict_row(row)
+        rows: list[FloatMatrix] = []
+        for encoder, est in self.members_:
+            predict_row = getattr(est, "predict_row", None)
+            if predict_row is None:
+                return None
+            row = encoder.encode_query_row(query)
+            if row is None:
+                return None
+            rows.append(self._full(np.asarray(predict_row(row))[None, :], est))
+        q: FloatVector = self._mix(rows)[0]
         return q
 
-    def _full(self, q: FloatMatrix) -> FloatMatrix:
-        """Estimates in the router's model order; models the estimator does not cover get 0
-        and are left out of the choice (e.g. Hybrid LLM's classifier covers one pair)."""
-        names = tuple(self.estimator_.models_)
+    def _full(self, q: FloatMatrix, estimator: QualityEstimator) -> FloatMatrix:
+        """``estimator``'s estimates in the router's model order; models it does not cover get
+        0 and are left out of the choice (e.g. Hybrid LLM's classifier covers one pair)."""
+        names = tuple(estimator.models_)
         if names == self.models_:
             return q
         out = np.zeros((q.shape[0], len(self.models_)))
@@ -409,8 +459,7 @@ class Router(Policy):
                 "encoder_candidates": list(self.encoder_candidates),
             },
             "label": self.label,
-            "encoder": component_state(self.encoder_),
-            "estimator": component_state(self.estimator_),
+            **self._members_state(),
             "costs": self.costs_.get_state(),
             "cards": {name: card.model_dump(mode="json") for name, card in self.cards_.items()},
             "models": list(self.models_),
@@ -421,13 +470,36 @@ class Router(Policy):
             "trained_on": self.trained_on_,
         }
 
+    def _members_state(self) -> dict[str, Any]:
+        """One encoder and estimator, or an ensemble's members with their weights."""
+        if len(self.members_) == 1:
+            return {
+                "encoder": component_state(self.encoder_),
+                "estimator": component_state(self.estimator_),
+            }
+        return {
+            "members": [
+                {"encoder": component_state(enc), "estimator": component_state(est), "weight": w}
+                for (enc, est), w in zip(self.members_, self.weights_.tolist(), strict=True)
+            ]
+        }
+
+    def warm(self) -> None:
+        """Warm every member's estimator (the kNN's similarity index)."""
+        self._check_fitted()
+        for _, est in self.members_:
+            est.warm()
+
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Self:
         """Rebuild a fitted router from :meth:`get_state`."""
         router = cls(**state["params"])
         router.label = state.get("label", "")
-        router.encoder_ = restore(state["encoder"])
-        router.estimator_ = restore(state["estimator"])
+        if state.get("members"):
+            members = [(restore(m["encoder"]), restore(m["estimator"])) for m in state["members"]]
+            router._set_members(members, [float(m["weight"]) for m in state["members"]])
+        else:
+            router._set_members([(restore(state["encoder"]), restore(state["estimator"]))], [1.0])
         router.costs_ = CostModel.from_state(state["costs"])
         router.cards_ = {n: ModelCard.model_validate(c) for n, c in state["cards"].items()}
         router.models_ = tuple(state["models"])
@@ -437,3 +509,9 @@ class Router(Policy):
         router.calibration_ = dict(state["calibration"])
         router.trained_on_ = dict(state["trained_on"])
         return router
+
+
+def _simplex(n: int, steps: int) -> np.ndarray:
+    """Every weight vector of ``n`` multiples of ``1/steps`` that sum to one."""
+    rows = [c for c in product(range(steps + 1), repeat=n) if sum(c) == steps]
+    return np.array(rows, dtype=np.float64) / steps

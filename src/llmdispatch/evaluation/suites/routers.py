@@ -4,7 +4,9 @@ Each is the default encoder (hashed n-gram TF-IDF) with one estimator. The kNN b
 (``router-knn``) chooses its encoder (TF-IDF or MiniLM) on the validation split, and by
 leave-one-out its ``k`` and whether to search neighbours exactly or in an LSA projection, so
 every other router is compared with the tuned kNN, not a weak one. ``router-knn-tfidf`` is
-the default kNN (LSA, 128 dimensions), ``router-knn-exact`` the exact sparse search.
+the default kNN (LSA, 128 dimensions), ``router-knn-exact`` the exact sparse search, and
+``router-knn-ensemble`` averages a TF-IDF kNN and a MiniLM kNN (each tuned the same way)
+with weights chosen on the validation split.
 Hyper-parameters are the estimators' own validation-tuned defaults; nothing here is tuned on
 a test split.
 """
@@ -28,6 +30,12 @@ ROUTERS: dict[str, dict[str, Any]] = {
     },
     "knn-tfidf": {"estimator": "knn"},
     "knn-exact": {"estimator": "knn", "estimator_params": {"n_components": None}},
+    "knn-ensemble": {
+        "estimator": "knn",
+        "estimator_params": {"n_components": "auto"},
+        "encoder": "ensemble",
+        "cache_encodings": True,
+    },
     "linear": {"estimator": "linear"},
     "mlp": {"estimator": "mlp"},
     "mf": {"estimator": "mf"},
