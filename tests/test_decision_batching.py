@@ -224,3 +224,39 @@ def test_concurrent_requests_through_the_gateway_get_the_router_s_own_decisions(
         assert requests == len(prompts) and 1 <= gatherings <= len(prompts)
     else:
         assert (gatherings, requests) == (0, 0)
+
+
+def test_an_encoder_ensemble_is_served_with_its_own_decisions(
+    table: OutcomeTable, upstream: str, tmp_path: Path
+) -> None:
+    from llmdispatch.artifacts import save_artifact
+
+    train = table.split("train").take(np.arange(600))
+    router = Router(encoder="ensemble", encoder_candidates=("tfidf", "scalar"), lam=0.1)
+    router.fit(train)
+    assert len(router.members_) == 2  # both views kept (weights fitted on validation)
+    save_artifact(tmp_path / "ensemble", router)
+    prompts = [str(p) for p in table.split("test").prompts[:24]]
+    expected = [router.explain(Query.from_text(p)).choice for p in prompts]
+    cfg = gateway_config(
+        tmp_path / "gw.yaml",
+        table,
+        {m: upstream for m in table.models},
+        {"ens": tmp_path / "ensemble"},
+    )
+
+    async def many(url: str) -> list[str]:
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused")
+        replies = await asyncio.gather(
+            *(
+                client.chat.completions.create(
+                    model="llmdispatch/ens", messages=[{"role": "user", "content": p}]
+                )
+                for p in prompts
+            )
+        )
+        await client.close()
+        return [r.model for r in replies]
+
+    with serve_in_thread(create_app(load_config(cfg))) as url:
+        assert asyncio.run(many(url)) == expected
