@@ -7,9 +7,11 @@ compositions, bandits and the references), ``benchmarks/bench_cascades.py`` (com
 routers vs cascades per benchmark, guarantee check), ``benchmarks/bench_online.py``
 (online learners: regret, warm start, shift and drift),
 ``benchmarks/bench_encoders.py`` (kNN quality and speed per encoder: TF-IDF, LSA, MiniLM and
-the static table distilled from MiniLM) and ``benchmarks/bench_router_overhead.py`` (decision
-latency and throughput; alone, after the others: ``--jobs 2``, the default, runs the first
-one beside the next three on this 2-core machine). Then it
+the static table distilled from MiniLM), ``benchmarks/bench_crossfit.py`` (routers judged on
+every prompt of the small sets by cross-fitting) and
+``benchmarks/bench_router_overhead.py`` (decision latency and throughput; alone, after the
+others: ``--jobs 2``, the default, runs the first one beside the next four on this 2-core
+machine). Then it
 assembles their Markdown reports into ``docs/benchmarks.md`` and copies the plots to
 ``docs/img/``. ``--skip-run`` only assembles what ``OUT`` already holds.
 """
@@ -51,6 +53,14 @@ def run_all(out: Path, bootstrap: int, jobs: int) -> dict[str, float]:
     studies = {
         "cascades": [py, "benchmarks/bench_cascades.py", "--out", str(out)],
         "online": [py, "benchmarks/bench_online.py", "--out", str(out)],
+        "crossfit": [
+            py,
+            "benchmarks/bench_crossfit.py",
+            "--out",
+            str(out),
+            "--bootstrap",
+            str(bootstrap),
+        ],
         "encoders": [
             py,
             "benchmarks/bench_encoders.py",
@@ -134,6 +144,7 @@ def main() -> None:
         ]
     lines += ["## Routers, cascades, compositions and bandits on every shared data set", ""]
     lines += section(out / "report.md", out, img, "bench-", demote=2)
+    lines += section(out / "crossfit" / "crossfit.md", out / "crossfit", img, "crossfit-", 1)
     lines += ["## Cascades and compositions, per benchmark", ""]
     lines += section(out / "cascades" / "cascades.md", out / "cascades", img, "cascades-", 2)
     lines += ["## Online learning", ""]
