@@ -175,6 +175,19 @@ def upstream(table: OutcomeTable) -> Iterator[str]:
         yield url + "/v1"
 
 
+async def _concurrently(url: str, model: str, prompts: list[str]) -> list[str]:
+    """Send every prompt at once through the official async client; who answered each."""
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused")
+    replies = await asyncio.gather(
+        *(
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": p}])
+            for p in prompts
+        )
+    )
+    await client.close()
+    return [r.model for r in replies]
+
+
 def _batch_histogram(url: str) -> tuple[float, float]:
     text = httpx.get(url + "/metrics").text
     count = re.search(r"^llmdispatch_decision_batch_size_count (\S+)$", text, re.M)
@@ -204,21 +217,8 @@ def test_concurrent_requests_through_the_gateway_get_the_router_s_own_decisions(
         max_decision_batch=max_batch,
     )
 
-    async def many(url: str) -> list[str]:
-        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused")
-        replies = await asyncio.gather(
-            *(
-                client.chat.completions.create(
-                    model="llmdispatch/router", messages=[{"role": "user", "content": p}]
-                )
-                for p in prompts
-            )
-        )
-        await client.close()
-        return [r.model for r in replies]
-
     with serve_in_thread(create_app(load_config(cfg))) as url:
-        assert asyncio.run(many(url)) == expected
+        assert asyncio.run(_concurrently(url, "llmdispatch/router", prompts)) == expected
         gatherings, requests = _batch_histogram(url)
     if max_batch > 1:  # every routed request was counted in exactly one gathering
         assert requests == len(prompts) and 1 <= gatherings <= len(prompts)
@@ -245,18 +245,5 @@ def test_an_encoder_ensemble_is_served_with_its_own_decisions(
         {"ens": tmp_path / "ensemble"},
     )
 
-    async def many(url: str) -> list[str]:
-        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused")
-        replies = await asyncio.gather(
-            *(
-                client.chat.completions.create(
-                    model="llmdispatch/ens", messages=[{"role": "user", "content": p}]
-                )
-                for p in prompts
-            )
-        )
-        await client.close()
-        return [r.model for r in replies]
-
     with serve_in_thread(create_app(load_config(cfg))) as url:
-        assert asyncio.run(many(url)) == expected
+        assert asyncio.run(_concurrently(url, "llmdispatch/ens", prompts)) == expected
