@@ -235,3 +235,13 @@ def test_auto_keeps_one_member_and_the_single_encoder_artifact_layout() -> None:
     state = router.get_state()
     assert "members" not in state and {"encoder", "estimator"} <= set(state)
     assert list(router.trained_on_["encoder_weights"].values()) == [1.0]
+
+
+@pytest.mark.parametrize(("n", "count"), [(1, 1), (2, 11), (3, 66), (6, 3003)])
+def test_ensemble_weight_grid_is_every_tenth_split(n: int, count: int) -> None:
+    from llmdispatch.policies.router import _simplex
+
+    grid = _simplex(n, 10)
+    assert grid.shape == (count, n) and len({tuple(r) for r in grid}) == count
+    np.testing.assert_allclose(grid.sum(axis=1), 1.0)
+    assert (grid >= 0).all() and np.allclose(grid * 10, np.round(grid * 10))

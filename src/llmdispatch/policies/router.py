@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from itertools import pairwise, product
+from itertools import combinations, pairwise
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -512,6 +512,10 @@ class Router(Policy):
 
 
 def _simplex(n: int, steps: int) -> np.ndarray:
-    """Every weight vector of ``n`` multiples of ``1/steps`` that sum to one."""
-    rows = [c for c in product(range(steps + 1), repeat=n) if sum(c) == steps]
+    """Every weight vector of ``n`` multiples of ``1/steps`` that sum to one (stars and
+    bars: the ``n - 1`` bar positions among ``steps + n - 1`` slots)."""
+    rows = []
+    for bars in combinations(range(steps + n - 1), n - 1):
+        edges = (-1, *bars, steps + n - 1)
+        rows.append([b - a - 1 for a, b in pairwise(edges)])
     return np.array(rows, dtype=np.float64) / steps
