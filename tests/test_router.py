@@ -245,3 +245,22 @@ def test_ensemble_weight_grid_is_every_tenth_split(n: int, count: int) -> None:
     assert grid.shape == (count, n) and len({tuple(r) for r in grid}) == count
     np.testing.assert_allclose(grid.sum(axis=1), 1.0)
     assert (grid >= 0).all() and np.allclose(grid * 10, np.round(grid * 10))
+
+
+def test_route_command_shows_how_an_ensemble_mixes_its_encoders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dataclasses import replace
+
+    table = planted(300)
+    flip = np.random.default_rng(1).random(table.score.shape) < 0.3
+    table = replace(table, score=np.where(flip, 1 - table.score, table.score))
+    train, validation = table.take(np.arange(0, 200)), table.take(np.arange(200, 300))
+    router = Router(encoder="ensemble", encoder_candidates=("tfidf", "tfidf-svd"))
+    save_artifact(tmp_path / "ens", router.fit(train, validation))
+    capsys.readouterr()
+    assert main(["route", str(tmp_path / "ens"), "write a sonnet about the sea"]) == 0
+    out = capsys.readouterr().out
+    weights = router.trained_on_["encoder_weights"]
+    assert "estimates mixed over encoders" in out
+    assert all(f"{name} {w:.1f}" in out for name, w in weights.items())
