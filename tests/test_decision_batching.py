@@ -7,6 +7,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -188,6 +189,28 @@ async def _concurrently(url: str, model: str, prompts: list[str]) -> list[str]:
     return [r.model for r in replies]
 
 
+def _served_as_decided(
+    table: OutcomeTable,
+    upstream: str,
+    folder: Path,
+    artifact: Path,
+    n_prompts: int,
+    **config: Any,
+) -> tuple[float, float]:
+    """Serve ``artifact``, send ``n_prompts`` test prompts at once, check each is answered by
+    the model the artifact's router picks offline; the batch-size histogram (count, sum)."""
+    from llmdispatch.artifacts import load_artifact
+
+    router, _ = load_artifact(artifact)
+    prompts = [str(p) for p in table.split("test").prompts[:n_prompts]]
+    expected = [router.explain(Query.from_text(p)).choice for p in prompts]
+    upstreams = {m: upstream for m in table.models}
+    cfg = gateway_config(folder / "gw.yaml", table, upstreams, {"r": artifact}, **config)
+    with serve_in_thread(create_app(load_config(cfg))) as url:
+        assert asyncio.run(_concurrently(url, "llmdispatch/r", prompts)) == expected
+        return _batch_histogram(url)
+
+
 def _batch_histogram(url: str) -> tuple[float, float]:
     text = httpx.get(url + "/metrics").text
     count = re.search(r"^llmdispatch_decision_batch_size_count (\S+)$", text, re.M)
@@ -204,24 +227,11 @@ def test_concurrent_requests_through_the_gateway_get_the_router_s_own_decisions(
     tmp_path: Path,
     max_batch: int,
 ) -> None:
-    from llmdispatch.artifacts import load_artifact
-
-    router, _ = load_artifact(router_path)
-    prompts = [str(p) for p in table.split("test").prompts[:40]]
-    expected = [router.explain(Query.from_text(p)).choice for p in prompts]
-    cfg = gateway_config(
-        tmp_path / "gw.yaml",
-        table,
-        {m: upstream for m in table.models},
-        {"router": router_path},
-        max_decision_batch=max_batch,
+    gatherings, requests = _served_as_decided(
+        table, upstream, tmp_path, router_path, 40, max_decision_batch=max_batch
     )
-
-    with serve_in_thread(create_app(load_config(cfg))) as url:
-        assert asyncio.run(_concurrently(url, "llmdispatch/router", prompts)) == expected
-        gatherings, requests = _batch_histogram(url)
     if max_batch > 1:  # every routed request was counted in exactly one gathering
-        assert requests == len(prompts) and 1 <= gatherings <= len(prompts)
+        assert requests == 40 and 1 <= gatherings <= 40
     else:
         assert (gatherings, requests) == (0, 0)
 
@@ -236,14 +246,4 @@ def test_an_encoder_ensemble_is_served_with_its_own_decisions(
     router.fit(train)
     assert len(router.members_) == 2  # both views kept (weights fitted on validation)
     save_artifact(tmp_path / "ensemble", router)
-    prompts = [str(p) for p in table.split("test").prompts[:24]]
-    expected = [router.explain(Query.from_text(p)).choice for p in prompts]
-    cfg = gateway_config(
-        tmp_path / "gw.yaml",
-        table,
-        {m: upstream for m in table.models},
-        {"ens": tmp_path / "ensemble"},
-    )
-
-    with serve_in_thread(create_app(load_config(cfg))) as url:
-        assert asyncio.run(_concurrently(url, "llmdispatch/ens", prompts)) == expected
+    _served_as_decided(table, upstream, tmp_path, tmp_path / "ensemble", 24)

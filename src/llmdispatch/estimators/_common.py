@@ -16,6 +16,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from llmdispatch.data.table import OutcomeTable
+from llmdispatch.features._util import l2_normalize_csr
 from llmdispatch.types import Features, FloatMatrix, FloatVector, IntVector
 
 Dense32 = npt.NDArray[np.float32]
@@ -61,13 +62,7 @@ def as_dense(X: Any) -> npt.NDArray[Any]:
 def l2_normalize(X: Features) -> Features:
     """Rows scaled to unit L2 norm (zero rows stay zero), as float32; sparse stays CSR."""
     if sp.issparse(X):
-        Xc = sp.csr_matrix(X, dtype=np.float32, copy=True)
-        lengths = np.diff(Xc.indptr)
-        rows = np.repeat(np.arange(Xc.shape[0]), lengths)
-        norms = np.sqrt(np.bincount(rows, weights=Xc.data * Xc.data, minlength=Xc.shape[0]))
-        scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-        Xc.data *= np.repeat(scale, lengths).astype(np.float32)
-        return Xc
+        return l2_normalize_csr(sp.csr_matrix(X, dtype=np.float32, copy=True))
     arr = np.asarray(X, dtype=np.float32)
     norms = np.linalg.norm(arr, axis=1, keepdims=True)
     return np.divide(arr, norms, out=np.zeros_like(arr), where=norms > 0)

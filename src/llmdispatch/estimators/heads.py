@@ -52,7 +52,7 @@ from llmdispatch.estimators._common import (
 )
 from llmdispatch.estimators._projection import Projector
 from llmdispatch.estimators.base import QualityEstimator, clip_quality
-from llmdispatch.features.lsa import select_columns
+from llmdispatch.features.lsa import column_positions, select_columns
 from llmdispatch.registry import register
 from llmdispatch.types import Features, FloatMatrix, FloatVector
 
@@ -229,9 +229,7 @@ class LinearHeads(_PerModelHeads):
         """Column → its place among ``columns_`` (−1: not kept), built once."""
         position: npt.NDArray[np.int32] | None = self.__dict__.get("_position")
         if position is None:
-            position = np.full(self.n_features_, -1, dtype=np.int32)
-            position[self.columns_] = np.arange(len(self.columns_), dtype=np.int32)
-            self._position = position
+            position = self._position = column_positions(self.columns_, self.n_features_)
         return position
 
     def _fit_head(

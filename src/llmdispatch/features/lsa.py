@@ -34,6 +34,16 @@ from llmdispatch.registry import register
 _FEW_ROWS = 8
 
 
+def column_positions(
+    columns: npt.NDArray[np.integer[Any]], n_features: int
+) -> npt.NDArray[np.int32]:
+    """For each of ``n_features`` columns, its place among the sorted ``columns`` (−1: not
+    kept): the map :func:`select_columns` takes."""
+    position = np.full(n_features, -1, dtype=np.int32)
+    position[columns] = np.arange(len(columns), dtype=np.int32)
+    return position
+
+
 class LsaProjection:
     """Rows of a sparse matrix projected on the top right singular vectors of training rows.
 
@@ -53,8 +63,7 @@ class LsaProjection:
         self.n_features = int(n_features)
         if self.projection.shape[0] != len(self.columns):
             raise ValueError("projection rows must match the kept columns")
-        self.position = np.full(self.n_features, -1, dtype=np.int32)
-        self.position[self.columns] = np.arange(len(self.columns), dtype=np.int32)
+        self.position = column_positions(self.columns, self.n_features)
 
     @property
     def n_components(self) -> int:
@@ -87,9 +96,7 @@ class LsaProjection:
         if X.shape[0] > max_rows:
             rng = np.random.default_rng(random_state)
             X = X[np.sort(rng.choice(X.shape[0], max_rows, replace=False))]
-        position = np.full(X.shape[1], -1, dtype=np.int32)
-        position[columns] = np.arange(len(columns), dtype=np.int32)
-        R = select_columns(X, position, len(columns))
+        R = select_columns(X, column_positions(columns, X.shape[1]), len(columns))
         k = min(n_components, R.shape[0] - 1, R.shape[1] - 1)
         if k < 1:
             raise ValueError(f"LSA needs at least 2 distinct rows, got {X.shape[0]}")

@@ -46,8 +46,9 @@ class DecisionBatcher:
 
     async def prefetch(self, policy: Policy, query: Query) -> None:
         """Return once ``query``'s estimates for ``policy`` are in its ``estimates`` (or,
-        when the batch could not be estimated, once the per-query path must compute them)."""
-        if not policy.prefetches():
+        when the batch could not be estimated, once the per-query path must compute them).
+        With ``max_batch`` 1, or a policy with nothing to prefetch, it returns at once."""
+        if self.max_batch == 1 or not policy.prefetches():
             return
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()

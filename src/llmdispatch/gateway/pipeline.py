@@ -417,7 +417,7 @@ class Gateway:
         target: str,
     ) -> tuple[str, dict[str, Any]]:
         """Run a policy (or a pass-through to ``target``) to its reply; returns (model, body)."""
-        if policy is not None and self.cfg.max_decision_batch > 1:
+        if policy is not None:
             await self.batcher.prefetch(policy, query)
         excluded: set[str] = set()  # models that failed: the next round decides without them
         answers: dict[str, dict[str, Any]] = {}
