@@ -51,6 +51,7 @@ DEFAULT_ROUTERS = [
     "router-knn",
     "router-knn-tfidf",
     "router-knn-ensemble",
+    "router-stack",
     "router-linear",
     "router-mlp",
     "router-mf",

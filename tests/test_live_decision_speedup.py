@@ -221,7 +221,8 @@ def test_threads_share_a_batch_with_the_same_estimates(
     queries = [Query(text=str(t)) for t in cascades9[1].full_prompts()]
     assert len(queries) >= PARALLEL_MIN_QUERIES  # large enough to be split
     serial = lsa_router.quality(queries)
-    np.testing.assert_allclose(lsa_router.quality(queries, n_jobs=2), serial, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(lsa_router.quality(queries, n_jobs=3), serial, rtol=0, atol=1e-6)
+    # BLAS blocks float32 products by batch size, so rows may differ in the last bits.
+    np.testing.assert_allclose(lsa_router.quality(queries, n_jobs=2), serial, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(lsa_router.quality(queries, n_jobs=3), serial, rtol=0, atol=1e-5)
     with pytest.raises(RouterError, match="n_jobs"):
         lsa_router.quality(queries, n_jobs=0)

@@ -176,7 +176,7 @@ def test_encoder_is_chosen_on_validation() -> None:
     router = Router(encoder="auto", encoder_candidates=("tfidf", "tfidf-svd")).fit(
         train, validation
     )
-    scores = router.encoder_scores_
+    scores = router.member_scores_
     assert set(scores) == {"tfidf", "tfidf-svd"}
     chosen = min(scores, key=lambda k: scores[k])
     assert router.trained_on_["encoder"] == chosen
@@ -195,7 +195,7 @@ def test_encoder_ensemble_weighs_its_members_on_validation(tmp_path: Path) -> No
     router = Router(encoder="ensemble", encoder_candidates=("tfidf", "tfidf-svd")).fit(
         train, validation
     )
-    weights = router.trained_on_["encoder_weights"]
+    weights = router.trained_on_["member_weights"]
     assert set(weights) == {"tfidf", "tfidf-svd"} and sum(weights.values()) == pytest.approx(1)
     assert all(abs(10 * w - round(10 * w)) < 1e-9 for w in weights.values())
     assert len(router.members_) == len(weights) and router.encoder_ is router.members_[0][0]
@@ -207,7 +207,7 @@ def test_encoder_ensemble_weighs_its_members_on_validation(tmp_path: Path) -> No
         return float(((q - truth) ** 2)[known].mean())
 
     mixed = brier(router.quality_table(validation))
-    assert all(mixed <= s + 1e-12 for s in router.encoder_scores_.values())
+    assert all(mixed <= s + 1e-12 for s in router.member_scores_.values())
     # Q̂ is the weighted mean of the members' estimates, live and offline alike.
     texts = validation.full_prompts()
     parts = [est.predict(enc.encode(texts)) for enc, est in router.members_]
@@ -234,7 +234,7 @@ def test_auto_keeps_one_member_and_the_single_encoder_artifact_layout() -> None:
     assert len(router.members_) == 1 and router.weights_.tolist() == [1.0]
     state = router.get_state()
     assert "members" not in state and {"encoder", "estimator"} <= set(state)
-    assert list(router.trained_on_["encoder_weights"].values()) == [1.0]
+    assert list(router.trained_on_["member_weights"].values()) == [1.0]
 
 
 @pytest.mark.parametrize(("n", "count"), [(1, 1), (2, 11), (3, 66), (6, 3003)])
@@ -261,6 +261,72 @@ def test_route_command_shows_how_an_ensemble_mixes_its_encoders(
     capsys.readouterr()
     assert main(["route", str(tmp_path / "ens"), "write a sonnet about the sea"]) == 0
     out = capsys.readouterr().out
-    weights = router.trained_on_["encoder_weights"]
-    assert "estimates mixed over encoders" in out
-    assert all(f"{name} {w:.1f}" in out for name, w in weights.items())
+    weights = router.trained_on_["member_weights"]
+    assert "estimates mixed over members" in out
+    assert all(f"{name} {w:.2f}" in out for name, w in weights.items())
+
+
+def test_stacked_router_mixes_paradigms_on_validation(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    table = planted(300)
+    flip = np.random.default_rng(2).random(table.score.shape) < 0.3
+    table = replace(table, score=np.where(flip, 1 - table.score, table.score))
+    train, validation = table.take(np.arange(0, 200)), table.take(np.arange(200, 300))
+    members = [
+        {"estimator": "knn"},
+        {"estimator": "embedllm"},
+        {"estimator": "linear", "encoder": "tfidf-svd", "name": "linear-svd"},
+    ]
+    router = Router(members=members).fit(train, validation)
+    assert set(router.member_scores_) == {"knn@tfidf", "embedllm@tfidf", "linear-svd"}
+    weights = router.trained_on_["member_weights"]
+    assert set(weights) <= set(router.member_scores_) and sum(weights.values()) == pytest.approx(1)
+    known, truth = validation.known, np.nan_to_num(validation.score)
+    mixed = float(((router.quality_table(validation) - truth) ** 2)[known].mean())
+    assert all(mixed <= s + 1e-12 for s in router.member_scores_.values())
+    texts = validation.full_prompts()
+    live = np.vstack([router.quality([Query.from_text(t)]) for t in texts[:8]])
+    np.testing.assert_allclose(live, router.quality_table(validation)[:8], atol=1e-5)
+    save_artifact(tmp_path / "stack", router)
+    again, _ = load_artifact(tmp_path / "stack")
+    assert again.member_labels_ == router.member_labels_
+    np.testing.assert_allclose(again.quality_table(validation), router.quality_table(validation))
+
+
+def test_mix_weights_search_the_grid_or_select_greedily() -> None:
+    from llmdispatch.policies.router import mix_weights
+
+    rng = np.random.default_rng(0)
+    truth = (rng.random((120, 4)) < 0.5).astype(float)
+    known = np.ones_like(truth, dtype=bool)
+    noisy = [np.clip(truth + rng.normal(0, s, truth.shape), 0, 1) for s in (0.3, 0.5, 0.7)]
+    # Two independent noisy views: the best mix weighs both (exact grid of tenths).
+    w = mix_weights(
+        [noisy[0], np.clip(truth + rng.normal(0, 0.3, truth.shape), 0, 1)], truth, known, 10
+    )
+    assert 0 < w[0] < 1 and w.sum() == pytest.approx(1)
+    # Twelve members: greedy selection; a member equal to the truth takes all the weight.
+    many = [*noisy * 3, np.full_like(truth, 0.5), truth.copy(), 1 - truth]
+    w = mix_weights(many, truth, known, 10)
+    assert w.tolist() == [0.0] * 10 + [1.0, 0.0]
+    # Without a perfect member the greedy mix still beats its best single member.
+    w = mix_weights(
+        [*noisy, *(np.clip(truth + rng.normal(0, 0.4, truth.shape), 0, 1) for _ in range(9))],
+        truth,
+        known,
+        10,
+    )
+    assert np.allclose(w * 10, np.round(w * 10)) and w.sum() == pytest.approx(1)
+    assert (w > 0).sum() > 1
+
+
+def test_stack_members_are_checked() -> None:
+    with pytest.raises(UnknownComponentError, match="knn"):
+        Router(members=[{"estimator": "nope"}])
+    with pytest.raises(RouterError, match="distinct names"):
+        Router(members=[{"estimator": "knn"}, {"estimator": "knn", "estimator_params": {}}])
+    with pytest.raises(RouterError, match="bad router member"):
+        Router(members=[{"estimator": "knn", "encoderr": "tfidf"}])
+    with pytest.raises(RouterError, match="at least one"):
+        Router(members=[])

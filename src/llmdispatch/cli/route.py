@@ -70,10 +70,10 @@ def run(args: argparse.Namespace) -> int:
             c.excluded or "",
         )
     Console().print(table)
-    weights = getattr(policy, "trained_on_", {}).get("encoder_weights", {})
-    if len(weights) > 1:  # an encoder ensemble: say how its members are mixed
-        mix = " · ".join(f"{name} {w:.1f}" for name, w in weights.items())
-        Console().print(f"estimates mixed over encoders: {mix}")
+    weights = getattr(policy, "trained_on_", {}).get("member_weights", {})
+    if len(weights) > 1:  # an ensemble or a stack: say how its members are mixed
+        mix = " · ".join(f"{name} {w:.2f}" for name, w in weights.items())
+        Console().print(f"estimates mixed over members: {mix}")
     trained = meta.get("config", {}).get("data")
     if trained:
         Console().print(f"trained on {trained}; fallbacks in order: {', '.join(plan.fallbacks)}")

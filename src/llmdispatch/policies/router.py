@@ -14,12 +14,14 @@ cheaper model. Sweeping ``λ`` traces the cost/quality curve; calibration
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations, pairwise
+from math import comb
 from typing import Any, ClassVar, Self
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmdispatch.artifacts import component_state, restore
 from llmdispatch.catalog import ModelCard
@@ -42,6 +44,8 @@ AUTO = "auto"
 ENSEMBLE = "ensemble"
 #: Weight grid of an ensemble: multiples of 1/ENSEMBLE_STEPS that sum to one.
 ENSEMBLE_STEPS = 10
+#: Larger weight grids than this are searched greedily (ensemble selection) instead.
+EXACT_GRID_MAX = 10_000
 #: Batches smaller than this are not worth splitting across threads.
 PARALLEL_MIN_QUERIES = 256
 #: Fewer live queries than this are estimated one by one: the one-row path is faster
@@ -54,6 +58,23 @@ DEFAULT_LAMBDAS: tuple[float, ...] = (0.0, *np.geomspace(1e-3, 1e3, 61).round(6)
 
 class RouterError(ValueError):
     """A router that cannot be built or asked (bad names, no allowed model)."""
+
+
+class MemberSpec(BaseModel):
+    """One member of a stacked router: an estimator on an encoder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    estimator: str
+    estimator_params: dict[str, Any] = Field(default_factory=dict)
+    encoder: str = "tfidf"
+    encoder_params: dict[str, Any] = Field(default_factory=dict)
+    name: str | None = Field(default=None, description="label (default: estimator@encoder)")
+
+    @property
+    def label(self) -> str:
+        """How reports name the member."""
+        return self.name or f"{self.estimator}@{self.encoder}"
 
 
 @register("policy", "router")
@@ -79,6 +100,14 @@ class Router(Policy):
         of 1/10) minimising the validation Brier score; a candidate whose weight is 0 is
         dropped. Two views of a prompt (hashed n-grams, MiniLM) err differently, and their
         mean is often better calibrated than either.
+    members : a stacked router: a list of :class:`MemberSpec` (``estimator``,
+        ``estimator_params``, ``encoder``, ``encoder_params``), each fitted on the training
+        table; ``Q̂`` is their convex mix with the weights that minimise the validation Brier
+        score (ensemble selection, Caruana et al. 2004: the exact grid of tenths while it
+        has at most 10,000 points, greedy forward selection with replacement beyond).
+        Paradigms err apart (a kNN's neighbourhood average, a factorisation's model
+        embedding), so the mix can be better than its best member. ``estimator`` and
+        ``encoder`` are then unused (leave them at their defaults).
     """
 
     knob_name: ClassVar[str] = "lambda"
@@ -95,6 +124,7 @@ class Router(Policy):
         allow: Sequence[str] | None = None,
         cache_encodings: bool = False,
         encoder_candidates: Sequence[str] = ("tfidf", "minilm"),
+        members: Sequence[MemberSpec | Mapping[str, Any]] | None = None,
     ) -> None:
         self.estimator = estimator
         self.estimator_params = dict(estimator_params or {})
@@ -118,10 +148,41 @@ class Router(Policy):
         self.allow = tuple(allow) if allow is not None else None
         self.cache_encodings = cache_encodings
         self.encoder_candidates = tuple(encoder_candidates)
+        self.members = None if members is None else [_member_spec(m) for m in members]
+        if self.members is not None:
+            if not self.members:
+                raise RouterError("members must name at least one estimator")
+            labels = [m.label for m in self.members]
+            if len(set(labels)) < len(labels):
+                raise RouterError(f"members need distinct names (give `name`); got {labels}")
         # Fail early on unknown names, with the registry's list of known ones.
-        REGISTRY.get("estimator", estimator)
-        for name in self.encoder_candidates if encoder in (AUTO, ENSEMBLE) else (encoder,):
-            REGISTRY.get("encoder", name)
+        for spec in self._member_specs():
+            REGISTRY.get("estimator", spec.estimator)
+            REGISTRY.get("encoder", spec.encoder)
+
+    def _member_specs(self) -> list[MemberSpec]:
+        """What is fitted: the stacked members, one estimator per candidate encoder
+        (``auto``/``ensemble``), or the single estimator on its encoder."""
+        if self.members is not None:
+            return list(self.members)
+        if self.encoder in (AUTO, ENSEMBLE):
+            return [
+                MemberSpec(
+                    estimator=self.estimator,
+                    estimator_params=self.estimator_params,
+                    encoder=name,
+                    name=name,
+                )
+                for name in self.encoder_candidates
+            ]
+        return [
+            MemberSpec(
+                estimator=self.estimator,
+                estimator_params=self.estimator_params,
+                encoder=self.encoder,
+                encoder_params=self.encoder_params,
+            )
+        ]
 
     # ---- fitting ----------------------------------------------------------------------------
     def fit(self, train: OutcomeTable, validation: OutcomeTable | None = None) -> Self:
@@ -134,15 +195,14 @@ class Router(Policy):
             unknown = sorted(set(self.allow) - set(train.models))
             if unknown:
                 raise RouterError(f"allow names unknown models {unknown}; known: {train.models}")
-        texts = train.full_prompts()
         self.models_ = tuple(train.models)
-        if self.encoder in (AUTO, ENSEMBLE):
+        specs = self._member_specs()
+        if len(specs) > 1:
             if validation is None:
                 train, validation = train_validation(train)
-                texts = train.full_prompts()
-            self._set_members(*self._select_encoders(train, validation))
+            self._set_members(*self._select_members(specs, train, validation))
         else:
-            self._set_members([self._fit_pair(self.encoder, train, texts)], [1.0])
+            self._set_members([self._fit_member(specs[0], train, train.full_prompts())], [1.0])
         unknown = sorted(set(self.estimator_.models_) - set(self.models_))
         if unknown:
             raise RouterError(f"the estimator predicts models {unknown} the table does not have")
@@ -157,11 +217,8 @@ class Router(Policy):
             "datasets": sorted({str(d) for d in train.datasets}),
             "models": list(self.models_),
             "encoder": self.encoder_.registry_name,
-            "encoder_scores": dict(getattr(self, "encoder_scores_", {})),
-            "encoder_weights": {
-                enc.registry_name: float(w)
-                for (enc, _), w in zip(self.members_, self.weights_, strict=True)
-            },
+            "member_scores": dict(getattr(self, "member_scores_", {})),
+            "member_weights": dict(zip(self.member_labels_, self.weights_.tolist(), strict=True)),
         }
         self.lam_ = float(self.lam) if self.lam is not None else 0.0
         self.calibration_: dict[str, Any] = {}
@@ -169,54 +226,58 @@ class Router(Policy):
             self._calibrate(self.calibrate, validation)
         return self
 
-    def _fit_pair(
-        self, encoder_name: str, train: OutcomeTable, texts: list[str]
+    def _fit_member(
+        self, spec: MemberSpec, train: OutcomeTable, texts: list[str]
     ) -> tuple[Encoder, QualityEstimator]:
-        params = self.encoder_params if encoder_name == self.encoder else {}
-        encoder: Encoder = REGISTRY.get("encoder", encoder_name)(**params).fit(texts)
-        est: QualityEstimator = REGISTRY.get("estimator", self.estimator)(**self.estimator_params)
+        encoder: Encoder = REGISTRY.get("encoder", spec.encoder)(**spec.encoder_params).fit(texts)
+        est: QualityEstimator = REGISTRY.get("estimator", spec.estimator)(**spec.estimator_params)
         X = encode_with_cache(encoder, texts) if self.cache_encodings else encoder.encode(texts)
         return encoder, est.fit(train, X)
 
     def _set_members(
-        self, members: list[tuple[Encoder, QualityEstimator]], weights: Sequence[float]
+        self,
+        members: list[tuple[Encoder, QualityEstimator]],
+        weights: Sequence[float],
+        labels: Sequence[str] | None = None,
     ) -> None:
         """Keep the members with positive weight; the heaviest is ``encoder_``/``estimator_``
         (what a single-encoder router has, and what reports name)."""
-        kept = [(m, float(w)) for m, w in zip(members, weights, strict=True) if w > 0]
-        kept.sort(key=lambda mw: -mw[1])
-        self.members_ = [m for m, _ in kept]
-        self.weights_ = np.array([w for _, w in kept]) / sum(w for _, w in kept)
+        if labels is None:
+            labels = [_default_label(enc, est) for enc, est in members]
+        kept = [
+            (m, float(w), label)
+            for m, w, label in zip(members, weights, labels, strict=True)
+            if w > 0
+        ]
+        kept.sort(key=lambda mwl: -mwl[1])
+        self.members_ = [m for m, _, _ in kept]
+        self.member_labels_ = [label for _, _, label in kept]
+        self.weights_ = np.array([w for _, w, _ in kept]) / sum(w for _, w, _ in kept)
         self.encoder_, self.estimator_ = self.members_[0]
 
-    def _select_encoders(
-        self, train: OutcomeTable, validation: OutcomeTable
-    ) -> tuple[list[tuple[Encoder, QualityEstimator]], list[float]]:
-        """Per candidate encoder, an estimator fitted on ``train`` and scored by its Brier
-        score on ``validation``; ``auto`` keeps the best one, ``ensemble`` the convex weights
+    def _select_members(
+        self, specs: list[MemberSpec], train: OutcomeTable, validation: OutcomeTable
+    ) -> tuple[list[tuple[Encoder, QualityEstimator]], list[float], list[str]]:
+        """Each member fitted on ``train`` and scored by its Brier score on ``validation``;
+        ``encoder="auto"`` keeps the best one, an ensemble or a stack the convex weights
         whose mixture scores best."""
         texts, val_texts = train.full_prompts(), validation.full_prompts()
         known = validation.known
         truth = np.nan_to_num(validation.score)
         members: list[tuple[Encoder, QualityEstimator]] = []
         predictions: list[FloatMatrix] = []
-        self.encoder_scores_: dict[str, float] = {}
-        for name in self.encoder_candidates:
-            encoder, est = self._fit_pair(name, train, texts)
+        self.member_scores_: dict[str, float] = {}
+        for spec in specs:
+            encoder, est = self._fit_member(spec, train, texts)
             q = self._full(est.predict(self._encode_texts(encoder, val_texts)), est)
-            self.encoder_scores_[name] = float(((q - truth) ** 2)[known].mean())
+            self.member_scores_[spec.label] = _brier(q, truth, known)
             members.append((encoder, est))
             predictions.append(q)
-        grid = (
-            _simplex(len(members), ENSEMBLE_STEPS)
-            if self.encoder == ENSEMBLE
-            else np.eye(len(members))
-        )
-        briers = []
-        for ws in grid:
-            mixed = sum(w * q for w, q in zip(ws, predictions, strict=True))
-            briers.append(float(((mixed - truth) ** 2)[known].mean()))
-        return members, grid[int(np.argmin(briers))].tolist()
+        if self.members is None and self.encoder == AUTO:
+            weights = np.eye(len(members))[int(np.argmin(list(self.member_scores_.values())))]
+        else:
+            weights = mix_weights(predictions, truth, known, ENSEMBLE_STEPS)
+        return members, weights.tolist(), [spec.label for spec in specs]
 
     def _calibrate(self, target: CalibrationTarget, validation: OutcomeTable | None) -> None:
         if target.kind == "lambda" or validation is None:
@@ -457,6 +518,11 @@ class Router(Policy):
                 "allow": None if self.allow is None else list(self.allow),
                 "cache_encodings": self.cache_encodings,
                 "encoder_candidates": list(self.encoder_candidates),
+                "members": (
+                    None
+                    if self.members is None
+                    else [m.model_dump(exclude_none=True) for m in self.members]
+                ),
             },
             "label": self.label,
             **self._members_state(),
@@ -479,8 +545,15 @@ class Router(Policy):
             }
         return {
             "members": [
-                {"encoder": component_state(enc), "estimator": component_state(est), "weight": w}
-                for (enc, est), w in zip(self.members_, self.weights_.tolist(), strict=True)
+                {
+                    "encoder": component_state(enc),
+                    "estimator": component_state(est),
+                    "weight": w,
+                    "label": label,
+                }
+                for (enc, est), w, label in zip(
+                    self.members_, self.weights_.tolist(), self.member_labels_, strict=True
+                )
             ]
         }
 
@@ -496,8 +569,13 @@ class Router(Policy):
         router = cls(**state["params"])
         router.label = state.get("label", "")
         if state.get("members"):
-            members = [(restore(m["encoder"]), restore(m["estimator"])) for m in state["members"]]
-            router._set_members(members, [float(m["weight"]) for m in state["members"]])
+            nodes = state["members"]
+            members = [(restore(m["encoder"]), restore(m["estimator"])) for m in nodes]
+            labels = [
+                m.get("label") or _default_label(*pair)
+                for m, pair in zip(nodes, members, strict=True)
+            ]
+            router._set_members(members, [float(m["weight"]) for m in nodes], labels)
         else:
             router._set_members([(restore(state["encoder"]), restore(state["estimator"]))], [1.0])
         router.costs_ = CostModel.from_state(state["costs"])
@@ -519,3 +597,48 @@ def _simplex(n: int, steps: int) -> np.ndarray:
         edges = (-1, *bars, steps + n - 1)
         rows.append([b - a - 1 for a, b in pairwise(edges)])
     return np.array(rows, dtype=np.float64) / steps
+
+
+def _member_spec(member: MemberSpec | Mapping[str, Any]) -> MemberSpec:
+    if isinstance(member, MemberSpec):
+        return member
+    try:
+        return MemberSpec.model_validate(dict(member))
+    except (ValidationError, TypeError, ValueError) as exc:
+        raise RouterError(f"bad router member {member!r}: {exc}") from None
+
+
+def _default_label(encoder: Encoder, estimator: QualityEstimator) -> str:
+    return f"{estimator.registry_name}@{encoder.registry_name}"
+
+
+def _brier(q: FloatMatrix, truth: FloatMatrix, known: BoolMatrix) -> float:
+    return float(((q - truth) ** 2)[known].mean())
+
+
+def mix_weights(
+    predictions: Sequence[FloatMatrix], truth: FloatMatrix, known: BoolMatrix, steps: int
+) -> FloatVector:
+    """Convex weights, multiples of ``1/steps``, of the members' estimates whose mix has the
+    lowest Brier score against ``truth`` on the ``known`` cells.
+
+    Every point of the grid is tried while there are at most :data:`EXACT_GRID_MAX`; beyond,
+    ensemble selection (Caruana et al. 2004): start from the best single member and add,
+    ``steps - 1`` times, with replacement, the member that lowers the mix's score most.
+    """
+    n = len(predictions)
+    if comb(steps + n - 1, n - 1) <= EXACT_GRID_MAX:
+        grid = _simplex(n, steps)
+        scores = [
+            _brier(sum(w * q for w, q in zip(ws, predictions, strict=True)), truth, known)
+            for ws in grid
+        ]
+        return np.asarray(grid[int(np.argmin(scores))], dtype=np.float64)
+    counts = np.zeros(n)
+    total = np.zeros_like(predictions[0])
+    for step in range(steps):
+        scores = [_brier((total + q) / (step + 1), truth, known) for q in predictions]
+        best = int(np.argmin(scores))
+        counts[best] += 1
+        total = total + predictions[best]
+    return np.asarray(counts / steps, dtype=np.float64)

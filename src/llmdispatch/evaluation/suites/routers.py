@@ -6,7 +6,9 @@ leave-one-out its ``k`` and whether to search neighbours exactly or in an LSA pr
 every other router is compared with the tuned kNN, not a weak one. ``router-knn-tfidf`` is
 the default kNN (LSA, 128 dimensions), ``router-knn-exact`` the exact sparse search, and
 ``router-knn-ensemble`` averages a TF-IDF kNN and a MiniLM kNN (each tuned the same way)
-with weights chosen on the validation split.
+with weights chosen on the validation split. ``router-stack`` mixes five members across
+paradigms and encoders (kNN on TF-IDF and on MiniLM; EmbedLLM, MLP and Eagle on TF-IDF) with
+the convex weights that minimise the validation Brier score.
 Hyper-parameters are the estimators' own validation-tuned defaults; nothing here is tuned on
 a test split.
 """
@@ -34,6 +36,14 @@ ROUTERS: dict[str, dict[str, Any]] = {
         "estimator": "knn",
         "estimator_params": {"n_components": "auto"},
         "encoder": "ensemble",
+        "cache_encodings": True,
+    },
+    "stack": {
+        "members": [
+            {"estimator": "knn", "estimator_params": {"n_components": "auto"}, "encoder": e}
+            for e in ("tfidf", "minilm")
+        ]
+        + [{"estimator": name} for name in ("embedllm", "mlp", "eagle")],
         "cache_encodings": True,
     },
     "linear": {"estimator": "linear"},
