@@ -6,10 +6,13 @@
 Each router is trained on the train split of one shared data set (default: the largest,
 ``llmrouter-dc``) and asked about test prompts the way the gateway asks: one live
 decision per request (``Router.start``: encode, estimate, expected cost, constraints,
-choice), timed one query at a time after a warm-up, in one process, interleaving routers
-round-robin so that machine noise hits them alike. Batch throughput is the vectorised path
-over all queries (``Router.quality`` with 1 thread, then with one thread per core: this
-machine's 2), the median of 3 rounds. Writes ``OUT/overhead/overhead.{json,md}``.
+choice), timed one query at a time after ``Router.warm()`` (as the gateway loads a policy)
+and a warm-up, in one process, interleaving routers round-robin so that machine noise hits
+them alike. With numba installed the live path's compiled kernels are on
+(:mod:`llmdispatch.kernels`); the default kNN is then timed a second time with them off
+(``knn (tfidf, numpy path)``), side by side in the same rounds. Batch throughput is the
+vectorised path over all queries (``Router.quality`` with 1 thread, then with one thread
+per core: this machine's 2), the median of 3 rounds. Writes ``OUT/overhead/overhead.{json,md}``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from llmdispatch import kernels
 from llmdispatch.data.locate import load_table
 from llmdispatch.policies.router import Router
 from llmdispatch.query import Query
@@ -107,13 +111,30 @@ def main() -> None:
                 continue
             console.print(f"trained {label} in {time.perf_counter() - t0:.1f} s")
     allowed = frozenset(table.models)
-    for router in routers.values():  # warm-up: caches, lazy imports, BLAS threads
+    for router in routers.values():
+        router.warm()  # what the gateway does on loading a policy (index, feature kernels)
+    # label → whether the feature kernels are on while it is timed
+    compiled = {label: True for label in routers}
+    if kernels.kernels() is not None and "knn (tfidf)" in routers:
+        routers = {"knn (tfidf, numpy path)": routers["knn (tfidf)"], **routers}
+        compiled["knn (tfidf, numpy path)"] = False
+
+    def switch(on: bool) -> None:
+        if on:
+            kernels.warm()
+        else:
+            kernels.deactivate()
+
+    for label, router in routers.items():  # warm-up: caches, lazy imports, BLAS threads
+        switch(compiled[label])
         time_single(router, queries[:50], allowed)
     samples: dict[str, list[np.ndarray]] = {label: [] for label in routers}
     chunk = 100
     for start in range(0, len(queries), chunk):
         for label, router in routers.items():
+            switch(compiled[label])
             samples[label].append(time_single(router, queries[start : start + chunk], allowed))
+    switch(True)
     rows: list[dict[str, Any]] = []
     cores = len(os.sched_getaffinity(0))
     for label, router in routers.items():
@@ -126,6 +147,7 @@ def main() -> None:
                 "batch_qps": time_batch(router, queries),
                 "batch_qps_threads": time_batch(router, queries, n_jobs=cores),
                 "threads": cores,
+                "kernels": compiled[label] and kernels.kernels() is not None,
             }
         )
     base = next((r for r in rows if r["router"] == "knn (tfidf)"), rows[0] if rows else None)

@@ -57,6 +57,7 @@ from llmdispatch.estimators._common import (
 from llmdispatch.estimators._similarity import FEW_ROWS, SimilarityIndex
 from llmdispatch.estimators.base import QualityEstimator, clip_quality
 from llmdispatch.features.lsa import LsaProjection
+from llmdispatch.kernels import kernels
 from llmdispatch.registry import register
 from llmdispatch.types import Features, FloatMatrix, FloatVector, IntVector
 
@@ -244,6 +245,20 @@ class KNNEstimator(QualityEstimator):
             sims = self._index().dot_dense_one(self.projection_.transform_row(cols, vals))
         else:
             sims = self._index().dot_one(cols, vals)
+        fast = kernels()
+        if fast is not None:  # selection, weights and average in one compiled pass
+            YM, Mf = self._targets()
+            temperature = -1.0 if self.temperature_ is None else float(self.temperature_)
+            q: FloatVector = fast.knn_average(
+                np.asarray(sims, dtype=np.float64),
+                int(self.k_),
+                temperature,
+                YM,
+                Mf,
+                float(self.prior_strength_),
+                self.prior_,
+            )
+            return q
         idx, top = _top_k_one(sims, self.k_)
         w = _weights(top, self.temperature_)
         YM, Mf = self._targets()

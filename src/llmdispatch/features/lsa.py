@@ -28,6 +28,7 @@ import scipy.sparse as sp
 from llmdispatch.features._util import check_texts, digest, l2_normalize_dense
 from llmdispatch.features.base import Encoder
 from llmdispatch.features.tfidf import TfidfEncoder
+from llmdispatch.kernels import kernels
 from llmdispatch.registry import register
 
 #: Up to this many rows, :meth:`LsaProjection.transform` projects row by row.
@@ -120,6 +121,15 @@ class LsaProjection:
         self, cols: npt.NDArray[np.int32], vals: npt.NDArray[np.float32]
     ) -> npt.NDArray[np.float32]:
         """One sparse row (its columns and values) projected: a live query's path."""
+        fast = kernels()
+        if fast is not None:
+            z_fast: npt.NDArray[np.float32] = fast.project(
+                np.asarray(cols, dtype=np.int32),
+                np.asarray(vals, dtype=np.float32),
+                self.position,
+                self.projection,
+            )
+            return z_fast
         pos = self.position[cols]
         keep = pos >= 0
         # (kept rows of Vᵀ)ᵀ · values: BLAS takes a quarter less time than for values · rows.

@@ -27,6 +27,7 @@ import scipy.sparse as sp
 from llmdispatch.features._util import check_texts, digest
 from llmdispatch.features.base import Encoder
 from llmdispatch.features.hashing import NgramHasher, RawCounts, SparseRow, stack_raw, to_csr
+from llmdispatch.kernels import kernels
 from llmdispatch.query import Query
 from llmdispatch.registry import register
 
@@ -130,6 +131,10 @@ class TfidfEncoder(Encoder):
         if self.sublinear_tf:
             np.log(values, out=values)
             values += 1.0
+        fast = kernels()
+        if fast is not None:
+            fast.tfidf_weigh(cols, values, self.idf_, self.n_features, float(self.word_weight))
+            return row
         values *= self.idf_[cols]
         # _mix_blocks for one row: the same float operations in the same order.
         n_word = int(np.searchsorted(cols, self.n_features >> 1))

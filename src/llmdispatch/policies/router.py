@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llmdispatch import kernels as feature_kernels
 from llmdispatch.artifacts import component_state, restore
 from llmdispatch.catalog import ModelCard
 from llmdispatch.data.splits import train_validation
@@ -558,8 +559,10 @@ class Router(Policy):
         }
 
     def warm(self) -> None:
-        """Warm every member's estimator (the kNN's similarity index)."""
+        """Warm every member's estimator (the kNN's similarity index) and compile the live
+        path's feature kernels (when numba is installed)."""
         self._check_fitted()
+        feature_kernels.warm()
         for _, est in self.members_:
             est.warm()
 
