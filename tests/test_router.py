@@ -330,3 +330,5 @@ def test_stack_members_are_checked() -> None:
         Router(members=[{"estimator": "knn", "encoderr": "tfidf"}])
     with pytest.raises(RouterError, match="at least one"):
         Router(members=[])
+    with pytest.raises(RouterError, match="mapping"):
+        Router(members=[3])  # type: ignore[list-item]

@@ -605,10 +605,13 @@ def _simplex(n: int, steps: int) -> np.ndarray:
 def _member_spec(member: MemberSpec | Mapping[str, Any]) -> MemberSpec:
     if isinstance(member, MemberSpec):
         return member
+    if not isinstance(member, Mapping):
+        raise RouterError(f"a router member is a mapping with an `estimator`, got {member!r}")
     try:
         return MemberSpec.model_validate(dict(member))
-    except (ValidationError, TypeError, ValueError) as exc:
-        raise RouterError(f"bad router member {member!r}: {exc}") from None
+    except ValidationError as exc:
+        why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise RouterError(f"bad router member {member!r}: {why}") from None
 
 
 def _default_label(encoder: Encoder, estimator: QualityEstimator) -> str:
