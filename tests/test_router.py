@@ -332,3 +332,20 @@ def test_stack_members_are_checked() -> None:
         Router(members=[])
     with pytest.raises(RouterError, match="mapping"):
         Router(members=[3])  # type: ignore[list-item]
+
+
+def test_a_stack_only_chooses_models_every_member_estimates() -> None:
+    table = planted(240)
+    train, validation = table.take(np.arange(0, 180)), table.take(np.arange(180, 240))
+    router = Router(members=[{"estimator": "knn"}, {"estimator": "hybrid-llm-prob"}])
+    router.fit(train, validation)
+    # Whatever weights validation chose, mix both members equally.
+    knn = Router(estimator="knn").fit(train).members_[0]
+    hybrid = Router(estimator="hybrid-llm-prob").fit(train).members_[0]
+    router._set_members([knn, hybrid], [0.5, 0.5], ["knn", "hybrid"])
+    pair = set(hybrid[1].models_)
+    assert len(pair) == 2 < len(router.models_)  # Hybrid LLM covers one (cheap, strong) pair
+    assert {router.models_[j] for j in np.flatnonzero(router._allow_mask())} == pair
+    plan = router.explain(Query.from_text("solve the integral"))
+    assert plan.choice in pair
+    assert all(c.excluded for c in plan.candidates if c.model not in pair)

@@ -204,7 +204,7 @@ class Router(Policy):
             self._set_members(*self._select_members(specs, train, validation))
         else:
             self._set_members([self._fit_member(specs[0], train, train.full_prompts())], [1.0])
-        unknown = sorted(set(self.estimator_.models_) - set(self.models_))
+        unknown = sorted({m for _, est in self.members_ for m in est.models_} - set(self.models_))
         if unknown:
             raise RouterError(f"the estimator predicts models {unknown} the table does not have")
         self.cards_ = {name: train.card(name) for name in self.models_}
@@ -407,11 +407,14 @@ class Router(Policy):
         return self.costs_.for_queries(queries)
 
     def _allow_mask(self) -> np.ndarray:
-        """Models the estimator covers and the allow-list admits (cached: read per request)."""
-        key = (self.models_, tuple(self.estimator_.models_), self.allow)
+        """Models every member estimates and the allow-list admits (cached: read per request)."""
+        key = (self.models_, tuple(tuple(est.models_) for _, est in self.members_), self.allow)
         cached = getattr(self, "_allow_cache", None)
         if cached is None or cached[0] != key:
-            covered = np.isin(np.array(self.models_), np.array(self.estimator_.models_))
+            names = np.array(self.models_)
+            covered = np.ones(len(names), dtype=bool)
+            for _, est in self.members_:  # a mix is only defined where every member estimates
+                covered &= np.isin(names, np.array(est.models_))
             if self.allow is not None:
                 covered &= np.isin(np.array(self.models_), np.array(self.allow))
             cached = self._allow_cache = (key, covered)
