@@ -16,7 +16,7 @@ _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX_2 = np.uint64(0x94D049BB133111EB)
 _ONE = np.uint64(1)
 _S27, _S30, _S31 = np.uint64(27), np.uint64(30), np.uint64(31)
-_WORD = 1
+_WORD, _SPACE = 1, 2
 
 jit = numba.njit(cache=True, nogil=True)
 
@@ -29,6 +29,30 @@ def _mix(h: Any) -> Any:
     h ^= h >> _S27
     h *= _MIX_2
     return h ^ (h >> _S31)
+
+
+@jit
+def normalise_ascii(raw: Any, classes: Any) -> tuple[Any, Any]:
+    """Bytes of lower-cased ASCII text and their classes, every whitespace run one space
+    (``NgramHasher._normalise_one`` in one pass)."""
+    n = len(raw)
+    cp = np.empty(n, dtype=np.uint8)
+    cls = np.empty(n, dtype=np.uint8)
+    out = 0
+    after_space = False
+    for i in range(n):
+        c = classes[raw[i]]
+        if c == _SPACE:
+            if after_space:
+                continue
+            cp[out] = 32
+            after_space = True
+        else:
+            cp[out] = raw[i]
+            after_space = False
+        cls[out] = c
+        out += 1
+    return cp[:out], cls[:out]
 
 
 @jit

@@ -54,6 +54,8 @@ def warm() -> bool:
         ascii_ = np.frombuffer(b"warm", np.uint8)  # read-only, as np.frombuffer gives
         wide = np.frombuffer("warm".encode("utf-32-le"), np.uint32)
         # numba compiles one version per array type: read-only and writable, 8 and 32 bits.
+        classes = np.zeros(0x10000, dtype=np.uint8)
+        k.normalise_ascii(ascii_, classes)
         for cp in (ascii_, ascii_.copy(), wide, wide.copy()):
             keys = k.row_keys(cp, cls, 3, 5, 2, np.uint64((n_features >> 1) - 1))
             keys.sort()

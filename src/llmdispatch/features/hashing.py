@@ -274,6 +274,12 @@ class NgramHasher:
         if not lowered.isascii():
             return _code_points(lowered)
         cp: npt.NDArray[np.unsignedinteger] = np.frombuffer(lowered.encode("ascii"), np.uint8)
+        fast = kernels()
+        if fast is not None:
+            out: tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]] = fast.normalise_ascii(
+                cp, _char_classes()
+            )
+            return out
         cls = _char_classes()[cp]
         space = cls == _SPACE
         if len(cp) > 1:
