@@ -10,9 +10,10 @@ choice), timed one query at a time after ``Router.warm()`` (as the gateway loads
 and a warm-up, in one process, interleaving routers round-robin so that machine noise hits
 them alike. With numba installed the live path's compiled kernels are on
 (:mod:`llmdispatch.kernels`); the default kNN is then timed a second time with them off
-(``knn (tfidf, numpy path)``), side by side in the same rounds. Batch throughput is the
-vectorised path over all queries (``Router.quality`` with 1 thread, then with one thread
-per core: this machine's 2), the median of 3 rounds. Writes ``OUT/overhead/overhead.{json,md}``.
+(``knn (tfidf, numpy path)``, its batch throughput too), side by side in the same rounds.
+Batch throughput is the vectorised path over all queries (``Router.quality`` with 1
+thread, then with one thread per core: this machine's 2), the median of 3 rounds.
+Writes ``OUT/overhead/overhead.{json,md}``.
 """
 
 from __future__ import annotations
@@ -134,11 +135,11 @@ def main() -> None:
         for label, router in routers.items():
             switch(compiled[label])
             samples[label].append(time_single(router, queries[start : start + chunk], allowed))
-    switch(True)
     rows: list[dict[str, Any]] = []
     cores = len(os.sched_getaffinity(0))
     for label, router in routers.items():
         lat = np.concatenate(samples[label]) * 1e3
+        switch(compiled[label])
         rows.append(
             {
                 "router": label,
@@ -150,6 +151,7 @@ def main() -> None:
                 "kernels": compiled[label] and kernels.kernels() is not None,
             }
         )
+    switch(True)
     base = next((r for r in rows if r["router"] == "knn (tfidf)"), rows[0] if rows else None)
     out = args.out / "overhead"
     out.mkdir(parents=True, exist_ok=True)

@@ -247,16 +247,8 @@ class KNNEstimator(QualityEstimator):
             sims = self._index().dot_one(cols, vals)
         fast = kernels()
         if fast is not None:  # selection, weights and average in one compiled pass
-            YM, Mf = self._targets()
-            temperature = -1.0 if self.temperature_ is None else float(self.temperature_)
             q: FloatVector = fast.knn_average(
-                np.asarray(sims, dtype=np.float64),
-                int(self.k_),
-                temperature,
-                YM,
-                Mf,
-                float(self.prior_strength_),
-                self.prior_,
+                np.asarray(sims, dtype=np.float64), *self._kernel_args()
             )
             return q
         idx, top = _top_k_one(sims, self.k_)
@@ -265,6 +257,13 @@ class KNNEstimator(QualityEstimator):
         num = w @ YM[idx] + self.prior_strength_ * self.prior_
         den = w @ Mf[idx] + self.prior_strength_
         return clip_quality(_divide(num, den, self.prior_))
+
+    def _kernel_args(self) -> tuple[int, float, FloatMatrix, FloatMatrix, float, FloatVector]:
+        """What the compiled neighbour average takes after the similarities (a temperature
+        of −1 stands for none: weights ``max(s, 0)``)."""
+        YM, Mf = self._targets()
+        temperature = -1.0 if self.temperature_ is None else float(self.temperature_)
+        return int(self.k_), temperature, YM, Mf, float(self.prior_strength_), self.prior_
 
     def _targets(self) -> tuple[FloatMatrix, FloatMatrix]:
         """Known scores ``Y ⊙ M`` and the mask as floats (cached: reused by every query)."""
