@@ -155,9 +155,10 @@ def main() -> None:
         "`knn (tfidf)` is the default kNN, which searches a 128-dimensional LSA projection of "
         "the TF-IDF rows; `knn-exact` searches the sparse rows themselves. Batch throughput is "
         "`Router.quality` over all queries (median of 3 rounds) on one thread and on one thread "
-        "per core (`n_jobs`). Live decisions run on the compiled kernels of the `fast` extra "
-        "(numba, in `.[all]`), switched on by `Router.warm()` as the gateway does; "
-        "`knn (tfidf, numpy path)` is the same router timed with them off, in the same rounds.",
+        "per core (`n_jobs`). Every router runs its default numpy path; "
+        "`knn (tfidf, compiled kernels)` is the default kNN on the opt-in numba kernels of the "
+        "`fast` extra (`llmdispatch.kernels.warm()`, the gateway's `compiled_kernels: true`; "
+        "about 115 MiB more resident memory per process), timed in the same rounds.",
         "",
         "Gateway latency, throughput and memory beside LiteLLM: [performance.md](performance.md).",
         "",

@@ -137,8 +137,8 @@ def _plain_knn(est: KNNEstimator, block: np.ndarray, row: SparseRow) -> np.ndarr
 
 @pytest.fixture
 def numpy_path() -> Iterator[None]:
-    """The numpy live path even where a warmed router switched the compiled kernels on
-    (they agree to rounding, and may break exact similarity ties the other way)."""
+    """The numpy live path even where another test switched the compiled kernels on (they
+    agree to rounding, and may break exact similarity ties the other way)."""
     from llmdispatch import kernels
 
     was_on = kernels.kernels() is not None

@@ -30,6 +30,8 @@ budgets: {global_usd: 1000, per_model_usd: {gpt-4o: 200}, window: month, on_exha
 breaker: {failures: 5, cooldown_s: 30}   # per-model circuit breaker
 upstream_transport: fast                 # or httpx (proxies from the environment, HTTP/2)
 max_decision_batch: 256  # requests decided together under load (1: one at a time)
+compiled_kernels: false  # true: numba kernels for one decision's features (the `fast` extra;
+                         # ~1.8x faster, +~115 MiB resident per worker for LLVM)
 ```
 """
 
@@ -183,6 +185,12 @@ class GatewayConfig(BaseModel):
         ge=1,
         description="routing decisions of requests that arrive together are estimated in "
         "batches of up to this many (1: each alone)",
+    )
+    compiled_kernels: bool = Field(
+        default=False,
+        description="run one decision's feature hashing, weighting, projection and kNN "
+        "average on numba kernels (the `fast` extra): about 1.8x faster per decision, for "
+        "about 115 MiB more resident memory per worker (LLVM)",
     )
     affinity_ttl_s: float = Field(default=3600.0, gt=0)
     log_prompts: bool = True

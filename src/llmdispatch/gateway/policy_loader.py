@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from llmdispatch import kernels
 from llmdispatch.catalog import ModelCard
 from llmdispatch.gateway.config import GatewayConfig, PolicyRef
 from llmdispatch.policies.base import Policy
@@ -55,6 +56,11 @@ def deployed_cards(policy: Policy, cfg: GatewayConfig) -> None:
 
 def load_policies(cfg: GatewayConfig) -> dict[str, Policy]:
     """Every configured policy, checked against the configured models."""
+    if cfg.compiled_kernels and not kernels.warm():
+        raise ValueError(
+            "compiled_kernels: true needs numba (pip install 'llmdispatch[fast]') and "
+            "LLMDISPATCH_KERNELS not set to numpy"
+        )
     policies: dict[str, Policy] = {}
     for name, ref in cfg.policies.items():
         policy = build_policy(name, ref)

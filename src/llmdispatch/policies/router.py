@@ -23,7 +23,6 @@ from typing import Any, ClassVar, Self
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llmdispatch import kernels as feature_kernels
 from llmdispatch.artifacts import component_state, restore
 from llmdispatch.catalog import ModelCard
 from llmdispatch.data.splits import train_validation
@@ -562,10 +561,8 @@ class Router(Policy):
         }
 
     def warm(self) -> None:
-        """Warm every member's estimator (the kNN's similarity index) and compile the live
-        path's feature kernels (when numba is installed)."""
+        """Warm every member's estimator (the kNN's similarity index)."""
         self._check_fitted()
-        feature_kernels.warm()
         for _, est in self.members_:
             est.warm()
 
