@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Before numpy loads OpenBLAS: one BLAS thread per test process (see the Makefile).
@@ -98,3 +98,13 @@ def shared_data(shared_datasets: dict[str, Path]) -> Callable[[str], Path]:
         return shared_datasets[name]
 
     return lookup
+
+
+@pytest.fixture(autouse=True)
+def _numpy_path_after_each_test() -> Iterator[None]:
+    """The compiled kernels are opt-in and process-wide: a test that switches them on leaves
+    the next test on the default numpy path."""
+    yield
+    from llmdispatch import kernels
+
+    kernels.deactivate()

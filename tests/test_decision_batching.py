@@ -259,27 +259,20 @@ def test_compiled_kernels_serve_the_router_s_own_decisions(
     pytest.importorskip("numba")
     from llmdispatch import kernels
 
-    was_on = kernels.kernels() is not None
+    assert kernels.kernels() is None
+    # One request at a time: every decision takes the one-query path the kernels run.
+    _served_as_decided(
+        table, upstream, tmp_path, router_path, 30, max_decision_batch=1, compiled_kernels=True
+    )
+    assert kernels.kernels() is not None  # the gateway switched them on when it loaded
     kernels.deactivate()
-    try:
-        # One request at a time: every decision takes the one-query path the kernels run.
-        _served_as_decided(
-            table, upstream, tmp_path, router_path, 30, max_decision_batch=1, compiled_kernels=True
-        )
-        assert kernels.kernels() is not None  # the gateway switched them on when it loaded
-        kernels.deactivate()
-        monkeypatch.setenv("LLMDISPATCH_KERNELS", "numpy")
-        cfg = gateway_config(
-            tmp_path / "off.yaml",
-            table,
-            {m: upstream for m in table.models},
-            {"r": router_path},
-            compiled_kernels=True,
-        )
-        with pytest.raises(ValueError, match="compiled_kernels: true needs numba"):
-            create_app(load_config(cfg))
-    finally:
-        kernels.deactivate()
-        if was_on:
-            monkeypatch.delenv("LLMDISPATCH_KERNELS", raising=False)
-            kernels.warm()
+    monkeypatch.setenv("LLMDISPATCH_KERNELS", "numpy")
+    cfg = gateway_config(
+        tmp_path / "off.yaml",
+        table,
+        {m: upstream for m in table.models},
+        {"r": router_path},
+        compiled_kernels=True,
+    )
+    with pytest.raises(ValueError, match="compiled_kernels: true needs numba"):
+        create_app(load_config(cfg))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +34,9 @@ TEXTS = [
 
 
 @pytest.fixture
-def both_paths() -> Iterator[Callable[[Callable[[], object]], tuple[object, object]]]:
-    """Run a function on the numpy path and on the kernels; restore the state after."""
-    was_on = kernels.kernels() is not None
+def both_paths() -> Callable[[Callable[[], object]], tuple[object, object]]:
+    """Run a function on the numpy path, then on the kernels (conftest switches them off
+    after the test)."""
 
     def run(fn: Callable[[], object]) -> tuple[object, object]:
         kernels.deactivate()
@@ -44,9 +44,7 @@ def both_paths() -> Iterator[Callable[[Callable[[], object]], tuple[object, obje
         assert kernels.warm()
         return slow, fn()
 
-    yield run
-    if not was_on:
-        kernels.deactivate()
+    return run
 
 
 @pytest.mark.parametrize(
@@ -78,13 +76,10 @@ def test_row_counts_are_identical(
 )
 def test_row_counts_are_identical_on_any_text(text: str) -> None:
     hasher = NgramHasher()
-    kernels.deactivate()
-    try:
-        slow = hasher.row_counts(text)
-        assert kernels.warm()
-        fast = hasher.row_counts(text)
-    finally:
-        kernels.deactivate()
+    kernels.deactivate()  # each example starts on the numpy path
+    slow = hasher.row_counts(text)
+    assert kernels.warm()
+    fast = hasher.row_counts(text)
     np.testing.assert_array_equal(slow.columns, fast.columns)
     np.testing.assert_array_equal(slow.values, fast.values)
     _, batch_cols, batch_counts = hasher.raw_counts([text])  # the batch path agrees too
@@ -115,17 +110,11 @@ def test_tfidf_rows_are_identical_and_lsa_rows_agree(
 def test_kernels_stay_off_until_warmed_or_when_turned_off(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    was_on = kernels.kernels() is not None
-    kernels.deactivate()
-    try:
-        assert kernels.kernels() is None
-        monkeypatch.setenv("LLMDISPATCH_KERNELS", "numpy")
-        assert kernels.warm() is False and kernels.kernels() is None
-        monkeypatch.setenv("LLMDISPATCH_KERNELS", "auto")
-        assert kernels.warm() is True and kernels.kernels() is not None
-    finally:
-        if not was_on:
-            kernels.deactivate()
+    assert kernels.kernels() is None  # off until warmed
+    monkeypatch.setenv("LLMDISPATCH_KERNELS", "numpy")
+    assert kernels.warm() is False and kernels.kernels() is None
+    monkeypatch.setenv("LLMDISPATCH_KERNELS", "auto")
+    assert kernels.warm() is True and kernels.kernels() is not None
 
 
 def test_router_decides_the_same_with_kernels(

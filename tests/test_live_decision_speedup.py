@@ -13,7 +13,7 @@ from the one-query path's; moving a near-tied 300th neighbour, that shifts ``Q̂
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,21 +135,8 @@ def _plain_knn(est: KNNEstimator, block: np.ndarray, row: SparseRow) -> np.ndarr
     return np.clip(q, 0.0, 1.0)
 
 
-@pytest.fixture
-def numpy_path() -> Iterator[None]:
-    """The numpy live path even where another test switched the compiled kernels on (they
-    agree to rounding, and may break exact similarity ties the other way)."""
-    from llmdispatch import kernels
-
-    was_on = kernels.kernels() is not None
-    kernels.deactivate()
-    yield
-    if was_on:
-        kernels.warm()
-
-
 def test_predict_row_is_the_plain_formula(
-    router: Router, cascades9: tuple[OutcomeTable, OutcomeTable], numpy_path: None
+    router: Router, cascades9: tuple[OutcomeTable, OutcomeTable]
 ) -> None:
     est = router.estimator_
     assert isinstance(est, KNNEstimator)

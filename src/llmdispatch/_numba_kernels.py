@@ -9,14 +9,14 @@ from typing import Any
 import numba
 import numpy as np
 
-_P = np.uint64(0x100000001B3)
-_P_INV = np.uint64(pow(0x100000001B3, -1, 2**64))
-_BIGRAM_MULT = np.uint64(0x9E3779B97F4A7C15)
-_MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX_2 = np.uint64(0x94D049BB133111EB)
+from llmdispatch.features import hashing
+
+# The hash's definition lives in hashing.py; numba freezes these module globals.
+_P, _P_INV = np.uint64(hashing._P), np.uint64(hashing._P_INV)
+_BIGRAM_MULT, _MIX_1, _MIX_2 = hashing._BIGRAM_MULT, hashing._MIX_1, hashing._MIX_2
+_WORD, _SPACE = hashing._WORD, hashing._SPACE
 _ONE = np.uint64(1)
 _S27, _S30, _S31 = np.uint64(27), np.uint64(30), np.uint64(31)
-_WORD, _SPACE = 1, 2
 
 jit = numba.njit(cache=True, nogil=True)
 

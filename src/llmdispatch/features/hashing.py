@@ -50,6 +50,8 @@ class SparseRow(NamedTuple):
 _P = 0x100000001B3
 _P_INV = pow(_P, -1, 2**64)
 _BIGRAM_MULT = np.uint64(0x9E3779B97F4A7C15)
+#: splitmix64's multipliers (also used by the compiled kernels).
+_MIX_1, _MIX_2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _WORD, _SPACE = 1, 2
 #: Characters per chunk: small chunks stay in the CPU cache (measured fastest at 64k).
 _CHUNK_CHARS = 1 << 16
@@ -98,10 +100,10 @@ def _mix_inplace(h: U64) -> None:
     """:func:`_mix` without temporaries beyond one shifted copy."""
     t = h >> np.uint64(30)
     h ^= t
-    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h *= _MIX_1
     np.right_shift(h, np.uint64(27), out=t)
     h ^= t
-    h *= np.uint64(0x94D049BB133111EB)
+    h *= _MIX_2
     np.right_shift(h, np.uint64(31), out=t)
     h ^= t
 
@@ -109,9 +111,9 @@ def _mix_inplace(h: U64) -> None:
 def _mix(h: U64) -> U64:
     """splitmix64 finaliser: spreads every input bit over the output."""
     h = h ^ (h >> np.uint64(30))
-    h = h * np.uint64(0xBF58476D1CE4E5B9)
+    h = h * _MIX_1
     h = h ^ (h >> np.uint64(27))
-    h = h * np.uint64(0x94D049BB133111EB)
+    h = h * _MIX_2
     return h ^ (h >> np.uint64(31))
 
 

@@ -254,6 +254,7 @@ class Router(Policy):
         self.member_labels_ = [label for _, _, label in kept]
         self.weights_ = np.array([w for _, w, _ in kept]) / sum(w for _, w, _ in kept)
         self.encoder_, self.estimator_ = self.members_[0]
+        self.__dict__.pop("_allow_cache", None)
 
     def _select_members(
         self, specs: list[MemberSpec], train: OutcomeTable, validation: OutcomeTable
@@ -407,7 +408,7 @@ class Router(Policy):
 
     def _allow_mask(self) -> np.ndarray:
         """Models every member estimates and the allow-list admits (cached: read per request)."""
-        key = (self.models_, tuple(tuple(est.models_) for _, est in self.members_), self.allow)
+        key = (self.models_, self.allow)  # _set_members drops the cache
         cached = getattr(self, "_allow_cache", None)
         if cached is None or cached[0] != key:
             names = np.array(self.models_)
