@@ -127,7 +127,8 @@ def test_policy_warm_reaches_its_estimator() -> None:
 @pytest.mark.parametrize("n, k", [(5608, 50), (5608, 300), (5608, 701), (1485, 300), (40, 5)])
 def test_top_k_by_threshold_is_the_exact_top_k(n: int, k: int) -> None:
     """The sampled-threshold selection returns exactly the k largest, most similar first,
-    also when the threshold leaves too few candidates (many equal similarities)."""
+    also when the threshold leaves too few candidates (many equal similarities); equal
+    similarities go by row index, so the one-row and the block path pick the same rows."""
     from llmdispatch.estimators.knn import _top_k, _top_k_one
 
     rng = np.random.default_rng(n + k)
@@ -142,8 +143,12 @@ def test_top_k_by_threshold_is_the_exact_top_k(n: int, k: int) -> None:
         assert len(set(idx.tolist())) == k
         np.testing.assert_array_equal(top, np.sort(sims)[::-1][:k])
         np.testing.assert_array_equal(sims[idx], top)
+        np.testing.assert_array_equal(idx, np.argsort(-sims, kind="stable")[:k])
     block = np.vstack(cases).astype(np.float32)
     idx2, top2 = _top_k(block, k)
     assert top2.dtype == np.float64
+    np.testing.assert_array_equal(idx2, np.argsort(-block, axis=1, kind="stable")[:, :k])
+    for row, picked in zip(block, idx2, strict=True):
+        np.testing.assert_array_equal(_top_k_one(row, k)[0], picked)
     np.testing.assert_array_equal(np.take_along_axis(block, idx2, axis=1), top2)
     np.testing.assert_array_equal(top2, -np.sort(-block.astype(np.float64), axis=1)[:, :k])

@@ -123,9 +123,7 @@ def _plain_knn(est: KNNEstimator, block: np.ndarray, row: SparseRow) -> np.ndarr
     # Sparse part: float32 products, summed in float64 over the query's columns in order.
     rare = X[:, cols[~in_block]].toarray().T * vals[~in_block][:, None]
     sims = dense.astype(np.float64) + rare.astype(np.float64).sum(axis=0)
-    k = min(est.k_, len(sims))
-    idx = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))
-    idx = idx[np.argsort(-sims[idx], kind="stable")]
+    idx = np.argsort(-sims, kind="stable")[: est.k_]  # equal similarities: lower row first
     top = sims[idx]
     t = est.temperature_
     w = np.maximum(top, 0.0) if t is None else np.exp((np.minimum(top, 1.0) - 1.0) / t)
