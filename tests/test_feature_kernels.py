@@ -135,3 +135,29 @@ def test_router_decides_the_same_with_kernels(
     choices = [router.explain(q).choice for q in queries]
     kernels.deactivate()
     assert [router.explain(q).choice for q in queries] == choices
+
+
+@pytest.mark.parametrize("k", [1, 5, 50, 400])
+def test_compiled_neighbour_average_picks_the_same_neighbours_on_ties(k: int) -> None:
+    """Equal similarities go by training row on both paths, so the estimate is the same even
+    when the k-th similarity is shared by many rows (duplicated training prompts)."""
+    from llmdispatch.estimators.knn import _top_k_one, _weights
+
+    rng = np.random.default_rng(k)
+    n, m = 3000, 6
+    ym = rng.random((n, m))
+    mask = (rng.random((n, m)) > 0.1).astype(np.float64)
+    prior = rng.random(m)
+    assert kernels.warm()
+    fast = kernels.kernels()
+    assert fast is not None
+    for sims in (np.round(rng.random(n), 2), np.zeros(n), np.repeat(rng.random(30), 100)):
+        for temperature in (None, 0.2):
+            idx, top = _top_k_one(sims, k)
+            w = _weights(top, temperature)
+            num, den = w @ ym[idx] + 2.0 * prior, w @ mask[idx] + 2.0
+            want = np.clip(np.where(den > 0, num / den, prior), 0.0, 1.0)
+            got = fast.knn_average(
+                sims, k, -1.0 if temperature is None else temperature, ym, mask, 2.0, prior
+            )
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)

@@ -190,16 +190,23 @@ def project(cols: Any, values: Any, position: Any, projection: Any) -> Any:
 
 
 @jit
+def _worse(heap_v: Any, heap_i: Any, a: int, b: int) -> bool:
+    """Entry ``a`` ranks below entry ``b``: a lower similarity, or an equal one on a later
+    training row (the order of ``knn._top_k``)."""
+    return bool(heap_v[a] < heap_v[b] or (heap_v[a] == heap_v[b] and heap_i[a] > heap_i[b]))
+
+
+@jit
 def _sift_down(heap_v: Any, heap_i: Any, k: int, at: int) -> None:
-    """Restore the min-heap order of ``heap_v`` (with ``heap_i``) below position ``at``."""
+    """Restore the min-heap order (:func:`_worse` first) below position ``at``."""
     while True:
         left = 2 * at + 1
         if left >= k:
             return
         small = left
-        if left + 1 < k and heap_v[left + 1] < heap_v[left]:
+        if left + 1 < k and _worse(heap_v, heap_i, left + 1, left):
             small = left + 1
-        if heap_v[small] >= heap_v[at]:
+        if not _worse(heap_v, heap_i, small, at):
             return
         heap_v[at], heap_v[small] = heap_v[small], heap_v[at]
         heap_i[at], heap_i[small] = heap_i[small], heap_i[at]
