@@ -78,7 +78,8 @@ class KNNEstimator(QualityEstimator):
     Parameters
     ----------
     k : int or "auto"
-        Neighbours per query; ``"auto"`` picks from ``k_grid`` by leave-one-out MSE.
+        Neighbours per query (the most similar training rows; of equally similar rows, the
+        earlier ones); ``"auto"`` picks from ``k_grid`` by leave-one-out MSE.
     temperature : float, None or "auto"
         ``None``: weights are the (clipped) cosine similarities; a float ``τ``: weights
         ``exp((s − 1)/τ)``; ``"auto"``: chosen from ``temperature_grid``.
