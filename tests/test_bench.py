@@ -107,6 +107,8 @@ def test_bench_command_writes_report_json_and_plot(
     # The summary: the only router is the kNN baseline itself, so it cannot beat it.
     assert "| arena-hard-v1 | router | router-knn |" in report and "| is kNN |" in report
     assert "The best router beats the zero router on " in report and "of 1 data sets" in report
+    assert "interval against the tuned kNN lies above zero" in report
+    assert "arena-hard-v1: none." in report
     doc = json.loads((out / "results.json").read_text())
     knn = next(p for p in doc[0]["policies"] if p["name"] == "router-knn")
     assert len(knn["curve"]["cost"]) == len(knn["curve"]["quality"]) > 10
@@ -120,3 +122,36 @@ def test_bench_errors_are_clear(capsys: pytest.CaptureFixture[str]) -> None:
     assert "no data set 'no-such-set'" in capsys.readouterr().err
     assert main(["bench", "--policies", "nope"]) == 2
     assert "unknown benchmark-policy 'nope'" in capsys.readouterr().err
+
+
+def test_summary_lists_every_router_above_the_knn() -> None:
+    """Not only the best router by AIQ: every router whose interval against the kNN lies
+    above zero, best first; a set where none does says so."""
+    from types import SimpleNamespace
+
+    from llmdispatch.evaluation.bench import PolicyResult
+    from llmdispatch.evaluation.report import summary_markdown
+
+    def router(name: str, aiq: float, d_knn: float, ci: tuple[float, float]) -> PolicyResult:
+        return PolicyResult(
+            name,
+            "router",
+            run=object(),  # type: ignore[arg-type]
+            metrics={"aiq": aiq, "d_aiq_knn": d_knn, "d_aiq_zero": 0.02},
+            ci={"d_aiq_knn": ci, "d_aiq_zero": (0.01, 0.03)},
+        )
+
+    sets = [
+        SimpleNamespace(
+            name="a",
+            policies=[
+                router("router-embedllm", 0.810, 0.005, (-0.001, 0.011)),
+                router("router-stack", 0.809, 0.004, (0.001, 0.009)),
+                router("router-mlp", 0.808, 0.003, (0.0004, 0.006)),
+            ],
+        ),
+        SimpleNamespace(name="b", policies=[router("router-mf", 0.7, -0.01, (-0.02, 0.0))]),
+    ]
+    text = "\n".join(summary_markdown(sets))  # type: ignore[arg-type]
+    assert "the tuned kNN router on 0 of 2" in text  # the best by AIQ ties on a
+    assert "a: router-stack 0.004 [0.001, 0.009], router-mlp 0.003 [0.000, 0.006]; b: none." in text
