@@ -134,17 +134,11 @@ def summary_markdown(results: list[DatasetResult]) -> list[str]:
         ran = [r for r in d.policies if r.run is not None and r.family != "reference"]
         routers = [r for r in ran if r.family == "router"]
         winners = [r for r in routers if _verdict(r.ci.get("d_aiq_knn")) == "yes"]
-        above_knn.append(
-            f"{d.name}: "
-            + (
-                ", ".join(
-                    f"{r.name} {fmt_ci(r.metrics.get('d_aiq_knn'), r.ci.get('d_aiq_knn'))}"
-                    for r in sorted(winners, key=lambda r: -r.metrics["aiq"])
-                )
-                if winners
-                else "none"
-            )
+        listed = ", ".join(
+            f"{r.name} {fmt_ci(r.metrics.get('d_aiq_knn'), r.ci.get('d_aiq_knn'))}"
+            for r in sorted(winners, key=lambda r: -r.metrics["aiq"])
         )
+        above_knn.append(f"{d.name}: {listed or 'none'}")
         picks = []
         if routers:
             picks.append(("router", max(routers, key=lambda r: r.metrics["aiq"])))
