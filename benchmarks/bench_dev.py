@@ -1,0 +1,132 @@
+"""Choose methods without looking at test: routers compared on held-out parts of train.
+
+    .venv/bin/python benchmarks/bench_dev.py [--data cascades9 llmrouter-dc ...]
+        [--routers router-knn router-stack ...] [--salts dev dev2] [--out results]
+
+Before a new method or default is adopted, it is compared here, on each data set's train
+split only: a salted hash sets ``--dev-fraction`` of the training prompts aside as a
+development set, every router is fitted on the rest exactly as ``llmdispatch bench`` fits
+it on a train split (a validation share carved out for its own tuning) and replayed on the
+development set. Each salt is another such cut, so a difference that holds across salts is
+not one lucky split. The test split is never read.
+
+Writes ``OUT/dev/dev.json`` and ``dev.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from llmdispatch.data.locate import load_table
+from llmdispatch.data.splits import train_validation
+from llmdispatch.evaluation.metrics import References, curve_metrics
+from llmdispatch.evaluation.replay import replay
+from llmdispatch.evaluation.suites import benchmark_entries
+from llmdispatch.registry import UnknownComponentError
+
+COMMAND = ".venv/bin/python benchmarks/bench_dev.py"
+BASELINE = "router-knn"
+DEFAULT_DATA = ["alpaca-eval", "arena-hard-v1", "cascades9", "llmrouter-dc", "routerbench-subset"]
+DEFAULT_ROUTERS = [
+    "router-knn",
+    "router-knn-ensemble",
+    "router-stack",
+    "router-embedllm",
+    "router-mlp",
+    "router-eagle",
+]
+
+console = Console()
+
+
+def dev_aiq(name: str, routers: list[str], salt: str, fraction: float) -> dict[str, Any]:
+    """AIQ of every router and of the zero router on one development cut of ``name``'s
+    train split."""
+    train = load_table(name).split("train")
+    rest, dev = train_validation(train, fraction, salt=salt)
+    fit_part, validation = train_validation(rest)
+    refs = References.from_matrices(dev.models, dev.score, dev.cost)
+    hull = refs.zero_hull()
+    out: dict[str, Any] = {
+        "dataset": name,
+        "salt": salt,
+        "prompts": {"fit": fit_part.n_prompts, "validation": validation.n_prompts},
+        "dev_prompts": dev.n_prompts,
+        "zero": curve_metrics(hull.cost, hull.quality, refs)["aiq"],
+        "aiq": {},
+    }
+    for entry in benchmark_entries(routers):
+        console.print(f"{name} ({salt}): {entry.name}")
+        policy = entry.build().fit(fit_part, validation)
+        run = replay(policy, dev, entry.name)
+        out["aiq"][entry.name] = curve_metrics(run.mean_cost, run.mean_quality, refs)["aiq"]
+    return out
+
+
+def markdown(cuts: list[dict[str, Any]], routers: list[str], fraction: float) -> str:
+    """One row per data set and cut: each router's AIQ minus the tuned kNN's."""
+    lines = [
+        "# Development comparison (train splits only)",
+        "",
+        f"`{COMMAND}` (development share {fraction:.0%} of each train split)",
+        "",
+        "ΔAIQ against the tuned kNN (`router-knn`) on held-out parts of the train splits; "
+        "positive: better than the kNN. The test splits are not read.",
+        "",
+        "| data set | cut | dev prompts | zero − kNN | "
+        + " | ".join(r for r in routers if r != BASELINE)
+        + " |",
+        "|---|---|---:|---:|" + "---:|" * (len(routers) - (BASELINE in routers)),
+    ]
+    for cut in cuts:
+        base = cut["aiq"].get(BASELINE)
+        cells = [
+            "—" if base is None else f"{cut['aiq'][r] - base:+.4f}"
+            for r in routers
+            if r != BASELINE
+        ]
+        zero = "—" if base is None else f"{cut['zero'] - base:+.4f}"
+        lines.append(
+            f"| {cut['dataset']} | {cut['salt']} | {cut['dev_prompts']} | {zero} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Run every router on every cut; print and write the table."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", nargs="+", default=DEFAULT_DATA)
+    ap.add_argument("--routers", nargs="+", default=DEFAULT_ROUTERS)
+    ap.add_argument("--salts", nargs="+", default=["dev", "dev2"])
+    ap.add_argument("--dev-fraction", type=float, default=0.35)
+    ap.add_argument("--out", type=Path, default=Path("results"))
+    args = ap.parse_args()
+    if not 0 < args.dev_fraction < 1:
+        ap.error(f"--dev-fraction must lie between 0 and 1, got {args.dev_fraction}")
+    try:
+        benchmark_entries(args.routers)  # unknown names fail here, before any fitting
+    except UnknownComponentError as exc:
+        ap.error(str(exc))
+    cuts = [
+        dev_aiq(name, args.routers, salt, args.dev_fraction)
+        for name in args.data
+        for salt in args.salts
+    ]
+    text = markdown(cuts, args.routers, args.dev_fraction)
+    out = args.out / "dev"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dev.json").write_text(json.dumps(cuts, indent=2), encoding="utf-8")
+    (out / "dev.md").write_text(text, encoding="utf-8")
+    console.print(text)
+    console.print(f"wrote {out / 'dev.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""benchmarks/bench_dev.py: routers compared on held-out parts of train, never on test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from llmdispatch.data import load_table
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_dev.py"
+
+
+def test_script_compares_on_train_cuts_only(
+    tmp_path: Path, shared_data: Callable[[str], Path]
+) -> None:
+    folder = shared_data("arena-hard-v1")  # skips when the shared data are absent
+    cmd = [sys.executable, str(SCRIPT), "--data", "arena-hard-v1", "--salts", "a", "b"]
+    cmd += ["--routers", "router-knn-tfidf", "router-bradley-terry", "--out", str(tmp_path)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    cuts = json.loads((tmp_path / "dev" / "dev.json").read_text())
+    train = load_table(folder).split("train").n_prompts
+    assert [c["salt"] for c in cuts] == ["a", "b"]
+    for cut in cuts:  # the cut's three parts are the train split, nothing more
+        assert cut["dev_prompts"] + sum(cut["prompts"].values()) == train
+        assert set(cut["aiq"]) == {"router-knn-tfidf", "router-bradley-terry"}
+        assert all(0 < v <= 1 for v in cut["aiq"].values()) and 0 < cut["zero"] <= 1
+    assert cuts[0]["dev_prompts"] != cuts[1]["dev_prompts"]  # two different cuts
+    report = (tmp_path / "dev" / "dev.md").read_text()
+    # Without the kNN baseline in the run there is nothing to subtract: dashes, not numbers.
+    assert "| arena-hard-v1 | a |" in report and "| — | — | — |" in report
+
+
+def test_script_rejects_unknown_routers_and_bad_fractions(tmp_path: Path) -> None:
+    for extra, message in (
+        (["--routers", "router-nope"], "unknown benchmark-policy 'router-nope'"),
+        (["--dev-fraction", "1.5"], "--dev-fraction must lie between 0 and 1"),
+    ):
+        done = subprocess.run(
+            [sys.executable, str(SCRIPT), *extra, "--out", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2 and message in done.stderr
