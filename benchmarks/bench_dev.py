@@ -24,6 +24,7 @@ from rich.console import Console
 
 from llmdispatch.data.locate import load_table
 from llmdispatch.data.splits import train_validation
+from llmdispatch.data.table import OutcomeTable
 from llmdispatch.evaluation.metrics import References, curve_metrics
 from llmdispatch.evaluation.replay import replay
 from llmdispatch.evaluation.suites import benchmark_entries
@@ -44,10 +45,11 @@ DEFAULT_ROUTERS = [
 console = Console()
 
 
-def dev_aiq(name: str, routers: list[str], salt: str, fraction: float) -> dict[str, Any]:
-    """AIQ of every router and of the zero router on one development cut of ``name``'s
-    train split."""
-    train = load_table(name).split("train")
+def dev_aiq(
+    name: str, train: OutcomeTable, routers: list[str], salt: str, fraction: float
+) -> dict[str, Any]:
+    """AIQ of every router and of the zero router on one development cut of data set
+    ``name``'s train split ``train``."""
     rest, dev = train_validation(train, fraction, salt=salt)
     fit_part, validation = train_validation(rest)
     refs = References.from_matrices(dev.models, dev.score, dev.cost)
@@ -114,11 +116,10 @@ def main() -> None:
         benchmark_entries(args.routers)  # unknown names fail here, before any fitting
     except UnknownComponentError as exc:
         ap.error(str(exc))
-    cuts = [
-        dev_aiq(name, args.routers, salt, args.dev_fraction)
-        for name in args.data
-        for salt in args.salts
-    ]
+    cuts = []
+    for name in args.data:
+        train = load_table(name).split("train")  # the test split is never passed on
+        cuts += [dev_aiq(name, train, args.routers, salt, args.dev_fraction) for salt in args.salts]
     text = markdown(cuts, args.routers, args.dev_fraction)
     out = args.out / "dev"
     out.mkdir(parents=True, exist_ok=True)
