@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_dev.py [--data cascades9 llmrouter-dc ...]
         [--routers router-knn router-stack ...] [--salts dev dev2] [--out results]
+        [--variant router-stack-cv router-stack weight_folds=5 ...]
 
 Before a new method or default is adopted, it is compared here, on each data set's train
 split only: a salted hash sets ``--dev-fraction`` of the training prompts aside as a
@@ -9,6 +10,10 @@ development set, every router is fitted on the rest exactly as ``llmdispatch ben
 it on a train split (a validation share carved out for its own tuning) and replayed on the
 development set. Each salt is another such cut, so a difference that holds across salts is
 not one lucky split. The test split is never read.
+
+``--variant NAME BASE KEY=VALUE ...`` (repeatable) adds a router to the comparison without
+registering it: benchmark router ``BASE`` (``router-stack``) with some of its parameters
+replaced (values are YAML: ``5``, ``true``, ``[tfidf, minilm]``), run under ``NAME``.
 
 Writes ``OUT/dev/dev.json`` and ``dev.md``.
 """
@@ -20,6 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 
 from llmdispatch.data.locate import load_table
@@ -27,7 +33,8 @@ from llmdispatch.data.splits import train_validation
 from llmdispatch.data.table import OutcomeTable
 from llmdispatch.evaluation.metrics import References, curve_metrics
 from llmdispatch.evaluation.replay import replay
-from llmdispatch.evaluation.suites import benchmark_entries
+from llmdispatch.evaluation.suites import BenchmarkPolicy, benchmark_entries
+from llmdispatch.evaluation.suites.routers import ROUTERS, router_factory
 from llmdispatch.registry import UnknownComponentError
 
 COMMAND = ".venv/bin/python benchmarks/bench_dev.py"
@@ -45,8 +52,32 @@ DEFAULT_ROUTERS = [
 console = Console()
 
 
+def router_variant(spec: list[str]) -> BenchmarkPolicy:
+    """``[NAME, BASE, KEY=VALUE, ...]``: benchmark router ``BASE`` with these parameters
+    replaced, under ``NAME``; a ``ValueError`` says what is wrong with the spec."""
+    if len(spec) < 3:
+        raise ValueError(f"--variant needs NAME BASE KEY=VALUE..., got {' '.join(spec)!r}")
+    name, base, *pairs = spec
+    label = base.removeprefix("router-")
+    if label not in ROUTERS:
+        known = ", ".join(f"router-{r}" for r in ROUTERS)
+        raise ValueError(f"--variant {name}: {base!r} is not a benchmark router; known: {known}")
+    params = dict(ROUTERS[label])
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--variant {name}: {pair!r} is not KEY=VALUE")
+        params[key] = yaml.safe_load(value)
+    factory = router_factory(name, params)
+    try:
+        factory()  # a wrong parameter name or value fails here, before any fitting
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--variant {name}: {exc}") from None
+    return BenchmarkPolicy(name, "router", factory, None)
+
+
 def dev_aiq(
-    name: str, train: OutcomeTable, routers: list[str], salt: str, fraction: float
+    name: str, train: OutcomeTable, routers: list[BenchmarkPolicy], salt: str, fraction: float
 ) -> dict[str, Any]:
     """AIQ of every router and of the zero router on one development cut of data set
     ``name``'s train split ``train``."""
@@ -62,7 +93,7 @@ def dev_aiq(
         "zero": curve_metrics(hull.cost, hull.quality, refs)["aiq"],
         "aiq": {},
     }
-    for entry in benchmark_entries(routers):
+    for entry in routers:
         console.print(f"{name} ({salt}): {entry.name}")
         policy = entry.build().fit(fit_part, validation)
         run = replay(policy, dev, entry.name)
@@ -109,18 +140,29 @@ def main() -> None:
     ap.add_argument("--salts", nargs="+", default=["dev", "dev2"])
     ap.add_argument("--dev-fraction", type=float, default=0.35)
     ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="NAME BASE KEY=VALUE",
+        help="also run benchmark router BASE with these parameters replaced, as NAME",
+    )
     args = ap.parse_args()
     if not 0 < args.dev_fraction < 1:
         ap.error(f"--dev-fraction must lie between 0 and 1, got {args.dev_fraction}")
-    try:
-        benchmark_entries(args.routers)  # unknown names fail here, before any fitting
-    except UnknownComponentError as exc:
+    try:  # unknown names and bad variants fail here, before any fitting
+        entries = benchmark_entries(args.routers) + [router_variant(v) for v in args.variant]
+    except (UnknownComponentError, ValueError) as exc:
         ap.error(str(exc))
+    names = [e.name for e in entries]
+    if len(set(names)) < len(names):
+        ap.error(f"router names must be distinct, got {names}")
     cuts = []
     for name in args.data:
         train = load_table(name).split("train")  # the test split is never passed on
-        cuts += [dev_aiq(name, train, args.routers, salt, args.dev_fraction) for salt in args.salts]
-    text = markdown(cuts, args.routers, args.dev_fraction)
+        cuts += [dev_aiq(name, train, entries, salt, args.dev_fraction) for salt in args.salts]
+    text = markdown(cuts, names, args.dev_fraction)
     out = args.out / "dev"
     out.mkdir(parents=True, exist_ok=True)
     (out / "dev.json").write_text(json.dumps(cuts, indent=2), encoding="utf-8")

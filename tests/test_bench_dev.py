@@ -19,24 +19,34 @@ def test_script_compares_on_train_cuts_only(
     folder = shared_data("arena-hard-v1")  # skips when the shared data are absent
     cmd = [sys.executable, str(SCRIPT), "--data", "arena-hard-v1", "--salts", "a", "b"]
     cmd += ["--routers", "router-knn-tfidf", "router-bradley-terry", "--out", str(tmp_path)]
+    cmd += ["--variant", "knn-k3", "router-knn-tfidf", "estimator_params={k: 3}"]
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     cuts = json.loads((tmp_path / "dev" / "dev.json").read_text())
     train = load_table(folder).split("train").n_prompts
     assert [c["salt"] for c in cuts] == ["a", "b"]
     for cut in cuts:  # the cut's three parts are the train split, nothing more
         assert cut["dev_prompts"] + sum(cut["prompts"].values()) == train
-        assert set(cut["aiq"]) == {"router-knn-tfidf", "router-bradley-terry"}
+        assert set(cut["aiq"]) == {"router-knn-tfidf", "router-bradley-terry", "knn-k3"}
         assert all(0 < v <= 1 for v in cut["aiq"].values()) and 0 < cut["zero"] <= 1
     assert cuts[0]["dev_prompts"] != cuts[1]["dev_prompts"]  # two different cuts
     report = (tmp_path / "dev" / "dev.md").read_text()
     # Without the kNN baseline in the run there is nothing to subtract: dashes, not numbers.
-    assert "| arena-hard-v1 | a |" in report and "| — | — | — |" in report
+    assert "| arena-hard-v1 | a |" in report and "| — | — | — | — |" in report
+    assert "| knn-k3 |" in report
+    # The variant is the kNN with k = 3: a different router from the default k.
+    assert any(c["aiq"]["knn-k3"] != c["aiq"]["router-knn-tfidf"] for c in cuts)
 
 
 def test_script_rejects_unknown_routers_and_bad_fractions(tmp_path: Path) -> None:
     for extra, message in (
         (["--routers", "router-nope"], "unknown benchmark-policy 'router-nope'"),
         (["--dev-fraction", "1.5"], "--dev-fraction must lie between 0 and 1"),
+        (["--variant", "v", "router-nope", "k=1"], "'router-nope' is not a benchmark router"),
+        (["--variant", "v", "router-knn"], "--variant needs NAME BASE KEY=VALUE"),
+        (["--variant", "v", "router-knn", "weight_folds"], "'weight_folds' is not KEY=VALUE"),
+        (["--variant", "v", "router-stack", "weight_folds=1"], "weight_folds must be 0"),
+        (["--variant", "v", "router-knn", "nope=1"], "unexpected keyword argument 'nope'"),
+        (["--variant", "router-knn", "router-knn", "lam=1"], "router names must be distinct"),
     ):
         done = subprocess.run(
             [sys.executable, str(SCRIPT), *extra, "--out", str(tmp_path)],

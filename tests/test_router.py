@@ -349,3 +349,42 @@ def test_a_stack_only_chooses_models_every_member_estimates() -> None:
     plan = router.explain(Query.from_text("solve the integral"))
     assert plan.choice in pair
     assert all(c.excluded for c in plan.candidates if c.model not in pair)
+
+
+def test_stack_weights_from_out_of_fold_estimates(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from llmdispatch.data.splits import kfold_indices
+    from llmdispatch.policies.router import mix_weights
+
+    table = planted(240)
+    flip = np.random.default_rng(3).random(table.score.shape) < 0.3
+    table = replace(table, score=np.where(flip, 1 - table.score, table.score))
+    train, validation = table.take(np.arange(0, 160)), table.take(np.arange(160, 240))
+    members = [{"estimator": "knn"}, {"estimator": "linear"}]
+    router = Router(members=members, weight_folds=4).fit(train, validation)
+    # Every training row is estimated by copies fitted without its fold, not by the
+    # members that saw it: the first fold, refitted by hand, gives the same numbers.
+    out_of_fold = router._out_of_fold(router._member_specs(), train)
+    fit_rows, held = next(kfold_indices(train.n_prompts, 4))
+    for spec, oof in zip(router._member_specs(), out_of_fold, strict=True):
+        alone = Router(estimator=spec.estimator).fit(train.take(fit_rows))
+        np.testing.assert_allclose(oof[held], alone.quality_table(train.take(held)))
+    in_sample = Router(estimator="knn").fit(train).quality_table(train)
+    assert not np.allclose(out_of_fold[0], in_sample)
+    # The weights minimise the Brier score over out-of-fold and validation rows together.
+    val = [Router(estimator=m["estimator"]).fit(train).quality_table(validation) for m in members]
+    rows = [np.vstack([o, v]) for o, v in zip(out_of_fold, val, strict=True)]
+    truth = np.vstack([np.nan_to_num(train.score), np.nan_to_num(validation.score)])
+    known = np.vstack([train.known, validation.known])
+    expected = mix_weights(rows, truth, known, 10)
+    weights = router.trained_on_["member_weights"]
+    assert [weights.get(label, 0.0) for label in ("knn@tfidf", "linear@tfidf")] == pytest.approx(
+        expected.tolist()
+    )
+    save_artifact(tmp_path / "cv", router)
+    again, _ = load_artifact(tmp_path / "cv")
+    assert again.weight_folds == 4
+    np.testing.assert_allclose(again.quality_table(validation), router.quality_table(validation))
+    with pytest.raises(RouterError, match="weight_folds"):
+        Router(members=members, weight_folds=1)

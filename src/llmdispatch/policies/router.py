@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmdispatch.artifacts import component_state, restore
 from llmdispatch.catalog import ModelCard
-from llmdispatch.data.splits import train_validation
+from llmdispatch.data.splits import kfold_indices, train_validation
 from llmdispatch.data.table import OutcomeTable
 from llmdispatch.estimators.base import QualityEstimator
 from llmdispatch.features.base import Encoder
@@ -108,6 +108,12 @@ class Router(Policy):
         Paradigms err apart (a kNN's neighbourhood average, a factorisation's model
         embedding), so the mix can be better than its best member. ``estimator`` and
         ``encoder`` are then unused (leave them at their defaults).
+    weight_folds : with ``K >= 2``, the weights of an ensemble or a stack are chosen on more
+        rows: out-of-fold estimates of the whole training table (each member refitted on
+        ``K - 1`` folds and asked about the held-out one, as in stacked generalisation,
+        Wolpert 1992, and the super learner, van der Laan et al. 2007) together with the
+        validation table's estimates; the members that are kept are still those fitted on
+        the whole training table. Costs ``K`` extra fits per member. ``0``: validation only.
     """
 
     knob_name: ClassVar[str] = "lambda"
@@ -125,6 +131,7 @@ class Router(Policy):
         cache_encodings: bool = False,
         encoder_candidates: Sequence[str] = ("tfidf", "minilm"),
         members: Sequence[MemberSpec | Mapping[str, Any]] | None = None,
+        weight_folds: int = 0,
     ) -> None:
         self.estimator = estimator
         self.estimator_params = dict(estimator_params or {})
@@ -149,6 +156,11 @@ class Router(Policy):
         self.cache_encodings = cache_encodings
         self.encoder_candidates = tuple(encoder_candidates)
         self.members = None if members is None else [_member_spec(m) for m in members]
+        if weight_folds < 0 or weight_folds == 1:
+            raise RouterError(
+                f"weight_folds must be 0 (validation only) or >= 2, got {weight_folds}"
+            )
+        self.weight_folds = weight_folds
         if self.members is not None:
             if not self.members:
                 raise RouterError("members must name at least one estimator")
@@ -277,8 +289,31 @@ class Router(Policy):
         if self.members is None and self.encoder == AUTO:
             weights = np.eye(len(members))[int(np.argmin(list(self.member_scores_.values())))]
         else:
+            if self.weight_folds:
+                out_of_fold = self._out_of_fold(specs, train)
+                predictions = [
+                    np.vstack([o, q]) for o, q in zip(out_of_fold, predictions, strict=True)
+                ]
+                truth = np.vstack([np.nan_to_num(train.score), truth])
+                known = np.vstack([train.known, known])
             weights = mix_weights(predictions, truth, known, ENSEMBLE_STEPS)
         return members, weights.tolist(), [spec.label for spec in specs]
+
+    def _out_of_fold(self, specs: list[MemberSpec], train: OutcomeTable) -> list[FloatMatrix]:
+        """Each member's estimates of every training row by a copy fitted without that row's
+        fold (``weight_folds`` shuffled folds, the same folds for every member)."""
+        texts = train.full_prompts()
+        out = [np.zeros((train.n_prompts, len(self.models_))) for _ in specs]
+        for fit_rows, held_rows in kfold_indices(train.n_prompts, self.weight_folds):
+            part = train.take(fit_rows)
+            part_texts = [texts[i] for i in fit_rows]
+            held_texts = [texts[i] for i in held_rows]
+            for i, spec in enumerate(specs):
+                encoder, est = self._fit_member(spec, part, part_texts)
+                out[i][held_rows] = self._full(
+                    est.predict(self._encode_texts(encoder, held_texts)), est
+                )
+        return out
 
     def _calibrate(self, target: CalibrationTarget, validation: OutcomeTable | None) -> None:
         if target.kind == "lambda" or validation is None:
@@ -522,6 +557,7 @@ class Router(Policy):
                 "allow": None if self.allow is None else list(self.allow),
                 "cache_encodings": self.cache_encodings,
                 "encoder_candidates": list(self.encoder_candidates),
+                "weight_folds": self.weight_folds,
                 "members": (
                     None
                     if self.members is None
