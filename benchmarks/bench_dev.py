@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from rich.console import Console
 
@@ -101,12 +104,15 @@ def dev_aiq(
     return out
 
 
-def markdown(cuts: list[dict[str, Any]], routers: list[str], fraction: float) -> str:
-    """One row per data set and cut: each router's AIQ minus the tuned kNN's."""
+def markdown(
+    cuts: list[dict[str, Any]], routers: list[str], fraction: float, command: str = COMMAND
+) -> str:
+    """One row per data set and cut: each router's AIQ minus the tuned kNN's; then the mean
+    over cuts and how many cuts each router won."""
     lines = [
         "# Development comparison (train splits only)",
         "",
-        f"`{COMMAND}` (development share {fraction:.0%} of each train split)",
+        f"`{command}` (development share {fraction:.0%} of each train split)",
         "",
         "ΔAIQ against the tuned kNN (`router-knn`) on held-out parts of the train splits; "
         "positive: better than the kNN. The test splits are not read.",
@@ -127,6 +133,23 @@ def markdown(cuts: list[dict[str, Any]], routers: list[str], fraction: float) ->
         lines.append(
             f"| {cut['dataset']} | {cut['salt']} | {cut['dev_prompts']} | {zero} | "
             + " | ".join(cells)
+            + " |"
+        )
+    deltas = {
+        r: [c["aiq"][r] - c["aiq"][BASELINE] for c in cuts if BASELINE in c["aiq"]]
+        for r in routers
+        if r != BASELINE
+    }
+    zeros = [c["zero"] - c["aiq"][BASELINE] for c in cuts if BASELINE in c["aiq"]]
+    if zeros:  # every cut weighs the same, whatever its size
+        lines.append(
+            f"| all cuts | mean | | {np.mean(zeros):+.4f} | "
+            + " | ".join(f"{np.mean(d):+.4f}" for d in deltas.values())
+            + " |"
+        )
+        lines.append(
+            f"| all cuts | above kNN | | {sum(z > 0 for z in zeros)}/{len(zeros)} | "
+            + " | ".join(f"{sum(x > 0 for x in d)}/{len(d)}" for d in deltas.values())
             + " |"
         )
     return "\n".join(lines) + "\n"
@@ -162,7 +185,8 @@ def main() -> None:
     for name in args.data:
         train = load_table(name).split("train")  # the test split is never passed on
         cuts += [dev_aiq(name, train, entries, salt, args.dev_fraction) for salt in args.salts]
-    text = markdown(cuts, names, args.dev_fraction)
+    command = shlex.join([*COMMAND.split(), *sys.argv[1:]])
+    text = markdown(cuts, names, args.dev_fraction, command)
     out = args.out / "dev"
     out.mkdir(parents=True, exist_ok=True)
     (out / "dev.json").write_text(json.dumps(cuts, indent=2), encoding="utf-8")

@@ -55,3 +55,26 @@ def test_script_rejects_unknown_routers_and_bad_fractions(tmp_path: Path) -> Non
             timeout=120,
         )
         assert done.returncode == 2 and message in done.stderr
+
+
+def test_report_sums_up_every_cut_against_the_knn() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_dev", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cuts = [
+        {
+            "dataset": d,
+            "salt": s,
+            "dev_prompts": 10,
+            "zero": 0.5,
+            "aiq": {"router-knn": 0.6, "x": x},
+        }
+        for d, s, x in (("a", "dev", 0.62), ("a", "dev2", 0.59), ("b", "dev", 0.63))
+    ]
+    report = module.markdown(cuts, ["router-knn", "x"], 0.35)
+    assert "| a | dev2 | 10 | -0.1000 | -0.0100 |" in report
+    assert "| all cuts | mean | | -0.1000 | +0.0133 |" in report
+    assert "| all cuts | above kNN | | 0/3 | 2/3 |" in report

@@ -388,3 +388,5 @@ def test_stack_weights_from_out_of_fold_estimates(tmp_path: Path) -> None:
     np.testing.assert_allclose(again.quality_table(validation), router.quality_table(validation))
     with pytest.raises(RouterError, match="weight_folds"):
         Router(members=members, weight_folds=1)
+    with pytest.raises(RouterError, match="weight_folds=10 needs at least 20 training prompts"):
+        Router(members=members, weight_folds=10).fit(train.take(np.arange(12)), validation)

@@ -302,6 +302,11 @@ class Router(Policy):
     def _out_of_fold(self, specs: list[MemberSpec], train: OutcomeTable) -> list[FloatMatrix]:
         """Each member's estimates of every training row by a copy fitted without that row's
         fold (``weight_folds`` shuffled folds, the same folds for every member)."""
+        if train.n_prompts < 2 * self.weight_folds:
+            raise RouterError(
+                f"weight_folds={self.weight_folds} needs at least {2 * self.weight_folds} "
+                f"training prompts (two per fold); the table has {train.n_prompts}"
+            )
         texts = train.full_prompts()
         out = [np.zeros((train.n_prompts, len(self.models_))) for _ in specs]
         for fit_rows, held_rows in kfold_indices(train.n_prompts, self.weight_folds):
