@@ -390,3 +390,49 @@ def test_stack_weights_from_out_of_fold_estimates(tmp_path: Path) -> None:
         Router(members=members, weight_folds=1)
     with pytest.raises(RouterError, match="weight_folds=10 needs at least 20 training prompts"):
         Router(members=members, weight_folds=10).fit(train.take(np.arange(12)), validation)
+
+
+def test_refit_learns_from_validation_too_and_keeps_the_choices(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    table = planted(240)
+    flip = np.random.default_rng(4).random(table.score.shape) < 0.3
+    table = replace(table, score=np.where(flip, 1 - table.score, table.score))
+    train, validation = table.take(np.arange(0, 160)), table.take(np.arange(160, 240))
+    members = [{"estimator": "knn"}, {"estimator": "linear"}]
+    kept = Router(members=members, calibrate={"quality_fraction": 0.9}).fit(train, validation)
+    refit = Router(members=members, calibrate={"quality_fraction": 0.9}, refit=True)
+    refit.fit(train, validation)
+    # Weights and λ are chosen before the refit, so they are the same as without it ...
+    assert refit.trained_on_["member_weights"] == kept.trained_on_["member_weights"]
+    assert refit.lam_ == kept.lam_ and refit.trained_on_["refit_prompts"] == 240
+    # ... and the members are those a fit on both tables gives.
+    both = train.concat(validation)
+    for label, (_, est) in zip(refit.member_labels_, refit.members_, strict=True):
+        alone = Router(estimator=label.split("@")[0]).fit(both)
+        np.testing.assert_allclose(
+            est.predict(alone.encoder_.encode(validation.full_prompts())),
+            alone.estimator_.predict(alone.encoder_.encode(validation.full_prompts())),
+        )
+    single = Router(estimator="knn", refit=True).fit(train, validation)
+    np.testing.assert_allclose(
+        single.quality_table(validation),
+        Router(estimator="knn").fit(both).quality_table(validation),
+    )
+    assert not np.allclose(
+        single.quality_table(validation),
+        Router(estimator="knn").fit(train).quality_table(validation),
+    )
+    save_artifact(tmp_path / "refit", refit)
+    again, _ = load_artifact(tmp_path / "refit")
+    assert again.refit
+    np.testing.assert_allclose(again.quality_table(validation), refit.quality_table(validation))
+
+
+def test_tables_join_only_with_the_same_models() -> None:
+    table = planted(20)
+    both = table.take(np.arange(0, 8)).concat(table.take(np.arange(8, 20)))
+    assert both.n_prompts == 20 and list(both.ids) == list(table.ids)
+    np.testing.assert_array_equal(both.score, table.score)
+    with pytest.raises(ValueError, match="different models"):
+        table.concat(table.select_models(["big", "cheap"]))

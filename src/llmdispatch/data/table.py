@@ -140,6 +140,20 @@ class OutcomeTable:
         mask = np.isin(self.datasets, list(wanted)) | np.isin(tops, list(wanted))
         return self.take(mask)
 
+    def concat(self, other: OutcomeTable) -> OutcomeTable:
+        """This table's rows followed by ``other``'s (the same models, in the same order)."""
+        if other.models != self.models:
+            raise ValueError(
+                f"cannot join tables with different models: {list(self.models)} and "
+                f"{list(other.models)}"
+            )
+        fields = ("ids", "prompts", "systems", "references", "datasets", "splits")
+        joined: dict[str, Any] = {
+            name: np.concatenate([getattr(self, name), getattr(other, name)])
+            for name in (*fields, *NUMERIC_FIELDS, "responses")
+        }
+        return replace(self, **joined)
+
     def select_models(self, names: Sequence[str]) -> OutcomeTable:
         """Only these model columns, in this order."""
         cols = [self.model_index(n) for n in names]

@@ -114,6 +114,10 @@ class Router(Policy):
         Wolpert 1992, and the super learner, van der Laan et al. 2007) together with the
         validation table's estimates; the members that are kept are still those fitted on
         the whole training table. Costs ``K`` extra fits per member. ``0``: validation only.
+    refit : once the encoder, the members' weights and λ have been chosen on the validation
+        table, fit the kept members again on the training and validation tables together
+        (as scikit-learn's searches refit their best estimator), so the router that is kept
+        has learnt from every labelled prompt; the choices and λ stay as made.
     """
 
     knob_name: ClassVar[str] = "lambda"
@@ -132,6 +136,7 @@ class Router(Policy):
         encoder_candidates: Sequence[str] = ("tfidf", "minilm"),
         members: Sequence[MemberSpec | Mapping[str, Any]] | None = None,
         weight_folds: int = 0,
+        refit: bool = False,
     ) -> None:
         self.estimator = estimator
         self.estimator_params = dict(estimator_params or {})
@@ -161,6 +166,7 @@ class Router(Policy):
                 f"weight_folds must be 0 (validation only) or >= 2, got {weight_folds}"
             )
         self.weight_folds = weight_folds
+        self.refit = refit
         if self.members is not None:
             if not self.members:
                 raise RouterError("members must name at least one estimator")
@@ -236,7 +242,19 @@ class Router(Policy):
         self.calibration_: dict[str, Any] = {}
         if self.calibrate is not None:
             self._calibrate(self.calibrate, validation)
+        if self.refit and validation is not None:
+            self._refit(train.concat(validation))
         return self
+
+    def _refit(self, table: OutcomeTable) -> None:
+        """Each kept member fitted again, from its spec, on ``table``; weights unchanged."""
+        specs = self._member_specs()
+        by_label = {spec.label: spec for spec in specs}
+        chosen = specs if len(specs) == 1 else [by_label[lb] for lb in self.member_labels_]
+        texts = table.full_prompts()
+        refitted = [self._fit_member(spec, table, texts) for spec in chosen]
+        self._set_members(refitted, self.weights_.tolist(), list(self.member_labels_))
+        self.trained_on_["refit_prompts"] = int(table.n_prompts)
 
     def _fit_member(
         self, spec: MemberSpec, train: OutcomeTable, texts: list[str]
@@ -563,6 +581,7 @@ class Router(Policy):
                 "cache_encodings": self.cache_encodings,
                 "encoder_candidates": list(self.encoder_candidates),
                 "weight_folds": self.weight_folds,
+                "refit": self.refit,
                 "members": (
                     None
                     if self.members is None
