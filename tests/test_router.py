@@ -47,6 +47,15 @@ def planted(n: int = 200, seed: int = 0) -> OutcomeTable:
     return replace(table, cards=cards)
 
 
+def noisy_planted(n: int, seed: int, flip: float = 0.3) -> OutcomeTable:
+    """:func:`planted` with a ``flip`` share of its scores turned over (a noisy signal)."""
+    from dataclasses import replace
+
+    table = planted(n)
+    flipped = np.random.default_rng(seed).random(table.score.shape) < flip
+    return replace(table, score=np.where(flipped, 1 - table.score, table.score))
+
+
 def test_router_learns_planted_signal_and_trades_cost() -> None:
     table = planted()
     router = Router(estimator="knn", lam=1.0).fit(table.take(np.arange(0, 160)))
@@ -250,11 +259,8 @@ def test_ensemble_weight_grid_is_every_tenth_split(n: int, count: int) -> None:
 def test_route_command_shows_how_an_ensemble_mixes_its_encoders(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from dataclasses import replace
 
-    table = planted(300)
-    flip = np.random.default_rng(1).random(table.score.shape) < 0.3
-    table = replace(table, score=np.where(flip, 1 - table.score, table.score))
+    table = noisy_planted(300, seed=1)
     train, validation = table.take(np.arange(0, 200)), table.take(np.arange(200, 300))
     router = Router(encoder="ensemble", encoder_candidates=("tfidf", "tfidf-svd"))
     save_artifact(tmp_path / "ens", router.fit(train, validation))
@@ -267,11 +273,8 @@ def test_route_command_shows_how_an_ensemble_mixes_its_encoders(
 
 
 def test_stacked_router_mixes_paradigms_on_validation(tmp_path: Path) -> None:
-    from dataclasses import replace
 
-    table = planted(300)
-    flip = np.random.default_rng(2).random(table.score.shape) < 0.3
-    table = replace(table, score=np.where(flip, 1 - table.score, table.score))
+    table = noisy_planted(300, seed=2)
     train, validation = table.take(np.arange(0, 200)), table.take(np.arange(200, 300))
     members = [
         {"estimator": "knn"},
@@ -352,14 +355,11 @@ def test_a_stack_only_chooses_models_every_member_estimates() -> None:
 
 
 def test_stack_weights_from_out_of_fold_estimates(tmp_path: Path) -> None:
-    from dataclasses import replace
 
     from llmdispatch.data.splits import kfold_indices
     from llmdispatch.policies.router import mix_weights
 
-    table = planted(240)
-    flip = np.random.default_rng(3).random(table.score.shape) < 0.3
-    table = replace(table, score=np.where(flip, 1 - table.score, table.score))
+    table = noisy_planted(240, seed=3)
     train, validation = table.take(np.arange(0, 160)), table.take(np.arange(160, 240))
     members = [{"estimator": "knn"}, {"estimator": "linear"}]
     router = Router(members=members, weight_folds=4).fit(train, validation)
@@ -393,11 +393,8 @@ def test_stack_weights_from_out_of_fold_estimates(tmp_path: Path) -> None:
 
 
 def test_refit_learns_from_validation_too_and_keeps_the_choices(tmp_path: Path) -> None:
-    from dataclasses import replace
 
-    table = planted(240)
-    flip = np.random.default_rng(4).random(table.score.shape) < 0.3
-    table = replace(table, score=np.where(flip, 1 - table.score, table.score))
+    table = noisy_planted(240, seed=4)
     train, validation = table.take(np.arange(0, 160)), table.take(np.arange(160, 240))
     members = [{"estimator": "knn"}, {"estimator": "linear"}]
     kept = Router(members=members, calibrate={"quality_fraction": 0.9}).fit(train, validation)

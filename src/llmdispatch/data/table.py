@@ -15,6 +15,8 @@ FloatMatrix = npt.NDArray[np.float64]
 IntVector = npt.NDArray[np.intp]
 BoolVector = npt.NDArray[np.bool_]
 
+#: Per-row fields (one value per prompt).
+ROW_FIELDS = ("ids", "prompts", "systems", "references", "datasets", "splits")
 #: The numeric per-(prompt, model) fields, in the order loaders fill them.
 NUMERIC_FIELDS = (
     "score",
@@ -122,10 +124,7 @@ class OutcomeTable:
         idx = np.asarray(rows)
         if idx.dtype == np.bool_:
             idx = np.flatnonzero(idx)
-        row_fields: dict[str, Any] = {
-            name: getattr(self, name)[idx]
-            for name in ("ids", "prompts", "systems", "references", "datasets", "splits")
-        }
+        row_fields: dict[str, Any] = {name: getattr(self, name)[idx] for name in ROW_FIELDS}
         mats = {name: getattr(self, name)[idx] for name in (*NUMERIC_FIELDS, "responses")}
         return replace(self, **row_fields, **mats)
 
@@ -147,10 +146,9 @@ class OutcomeTable:
                 f"cannot join tables with different models: {list(self.models)} and "
                 f"{list(other.models)}"
             )
-        fields = ("ids", "prompts", "systems", "references", "datasets", "splits")
         joined: dict[str, Any] = {
             name: np.concatenate([getattr(self, name), getattr(other, name)])
-            for name in (*fields, *NUMERIC_FIELDS, "responses")
+            for name in (*ROW_FIELDS, *NUMERIC_FIELDS, "responses")
         }
         return replace(self, **joined)
 
