@@ -259,7 +259,6 @@ def test_ensemble_weight_grid_is_every_tenth_split(n: int, count: int) -> None:
 def test_route_command_shows_how_an_ensemble_mixes_its_encoders(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-
     table = noisy_planted(300, seed=1)
     train, validation = table.take(np.arange(0, 200)), table.take(np.arange(200, 300))
     router = Router(encoder="ensemble", encoder_candidates=("tfidf", "tfidf-svd"))
@@ -273,7 +272,6 @@ def test_route_command_shows_how_an_ensemble_mixes_its_encoders(
 
 
 def test_stacked_router_mixes_paradigms_on_validation(tmp_path: Path) -> None:
-
     table = noisy_planted(300, seed=2)
     train, validation = table.take(np.arange(0, 200)), table.take(np.arange(200, 300))
     members = [
@@ -355,7 +353,6 @@ def test_a_stack_only_chooses_models_every_member_estimates() -> None:
 
 
 def test_stack_weights_from_out_of_fold_estimates(tmp_path: Path) -> None:
-
     from llmdispatch.data.splits import kfold_indices
     from llmdispatch.policies.router import mix_weights
 
@@ -393,7 +390,6 @@ def test_stack_weights_from_out_of_fold_estimates(tmp_path: Path) -> None:
 
 
 def test_refit_learns_from_validation_too_and_keeps_the_choices(tmp_path: Path) -> None:
-
     table = noisy_planted(240, seed=4)
     train, validation = table.take(np.arange(0, 160)), table.take(np.arange(160, 240))
     members = [{"estimator": "knn"}, {"estimator": "linear"}]
@@ -405,11 +401,11 @@ def test_refit_learns_from_validation_too_and_keeps_the_choices(tmp_path: Path) 
     assert refit.lam_ == kept.lam_ and refit.trained_on_["refit_prompts"] == 240
     # ... and the members are those a fit on both tables gives.
     both = train.concat(validation)
-    for label, (_, est) in zip(refit.member_labels_, refit.members_, strict=True):
+    texts = validation.full_prompts()
+    for label, (enc, est) in zip(refit.member_labels_, refit.members_, strict=True):
         alone = Router(estimator=label.split("@")[0]).fit(both)
         np.testing.assert_allclose(
-            est.predict(alone.encoder_.encode(validation.full_prompts())),
-            alone.estimator_.predict(alone.encoder_.encode(validation.full_prompts())),
+            est.predict(enc.encode(texts)), alone.estimator_.predict(alone.encoder_.encode(texts))
         )
     single = Router(estimator="knn", refit=True).fit(train, validation)
     np.testing.assert_allclose(
