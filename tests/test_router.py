@@ -248,9 +248,9 @@ def test_auto_keeps_one_member_and_the_single_encoder_artifact_layout() -> None:
 
 @pytest.mark.parametrize(("n", "count"), [(1, 1), (2, 11), (3, 66), (6, 3003)])
 def test_ensemble_weight_grid_is_every_tenth_split(n: int, count: int) -> None:
-    from llmdispatch.policies.router import _simplex
+    from llmdispatch.policies.mixing import simplex
 
-    grid = _simplex(n, 10)
+    grid = simplex(n, 10)
     assert grid.shape == (count, n) and len({tuple(r) for r in grid}) == count
     np.testing.assert_allclose(grid.sum(axis=1), 1.0)
     assert (grid >= 0).all() and np.allclose(grid * 10, np.round(grid * 10))
@@ -296,26 +296,24 @@ def test_stacked_router_mixes_paradigms_on_validation(tmp_path: Path) -> None:
 
 
 def test_mix_weights_search_the_grid_or_select_greedily() -> None:
-    from llmdispatch.policies.router import mix_weights
+    from llmdispatch.policies.mixing import brier_loss, mix_weights
 
     rng = np.random.default_rng(0)
     truth = (rng.random((120, 4)) < 0.5).astype(float)
     known = np.ones_like(truth, dtype=bool)
     noisy = [np.clip(truth + rng.normal(0, s, truth.shape), 0, 1) for s in (0.3, 0.5, 0.7)]
     # Two independent noisy views: the best mix weighs both (exact grid of tenths).
-    w = mix_weights(
-        [noisy[0], np.clip(truth + rng.normal(0, 0.3, truth.shape), 0, 1)], truth, known, 10
-    )
+    brier = brier_loss(truth, known)
+    w = mix_weights([noisy[0], np.clip(truth + rng.normal(0, 0.3, truth.shape), 0, 1)], brier, 10)
     assert 0 < w[0] < 1 and w.sum() == pytest.approx(1)
     # Twelve members: greedy selection; a member equal to the truth takes all the weight.
     many = [*noisy * 3, np.full_like(truth, 0.5), truth.copy(), 1 - truth]
-    w = mix_weights(many, truth, known, 10)
+    w = mix_weights(many, brier, 10)
     assert w.tolist() == [0.0] * 10 + [1.0, 0.0]
     # Without a perfect member the greedy mix still beats its best single member.
     w = mix_weights(
         [*noisy, *(np.clip(truth + rng.normal(0, 0.4, truth.shape), 0, 1) for _ in range(9))],
-        truth,
-        known,
+        brier,
         10,
     )
     assert np.allclose(w * 10, np.round(w * 10)) and w.sum() == pytest.approx(1)
@@ -354,7 +352,7 @@ def test_a_stack_only_chooses_models_every_member_estimates() -> None:
 
 def test_stack_weights_from_out_of_fold_estimates(tmp_path: Path) -> None:
     from llmdispatch.data.splits import kfold_indices
-    from llmdispatch.policies.router import mix_weights
+    from llmdispatch.policies.mixing import brier_loss, mix_weights
 
     table = noisy_planted(240, seed=3)
     train, validation = table.take(np.arange(0, 160)), table.take(np.arange(160, 240))
@@ -374,7 +372,7 @@ def test_stack_weights_from_out_of_fold_estimates(tmp_path: Path) -> None:
     rows = [np.vstack([o, v]) for o, v in zip(out_of_fold, val, strict=True)]
     truth = np.vstack([np.nan_to_num(train.score), np.nan_to_num(validation.score)])
     known = np.vstack([train.known, validation.known])
-    expected = mix_weights(rows, truth, known, 10)
+    expected = mix_weights(rows, brier_loss(truth, known), 10)
     weights = router.trained_on_["member_weights"]
     assert [weights.get(label, 0.0) for label in ("knn@tfidf", "linear@tfidf")] == pytest.approx(
         expected.tolist()
@@ -408,6 +406,7 @@ def test_refit_learns_from_validation_too_and_keeps_the_choices(tmp_path: Path) 
             est.predict(enc.encode(texts)), alone.estimator_.predict(alone.encoder_.encode(texts))
         )
     single = Router(estimator="knn", refit=True).fit(train, validation)
+    assert single.trained_on_["refit_prompts"] == 240
     np.testing.assert_allclose(
         single.quality_table(validation),
         Router(estimator="knn").fit(both).quality_table(validation),
@@ -429,3 +428,32 @@ def test_tables_join_only_with_the_same_models() -> None:
     np.testing.assert_array_equal(both.score, table.score)
     with pytest.raises(ValueError, match="different models"):
         table.concat(table.select_models(["big", "cheap"]))
+
+
+def test_weights_by_aiq_judge_members_by_the_routes_they_give(tmp_path: Path) -> None:
+    from llmdispatch.evaluation.metrics import References, aiq
+
+    table = noisy_planted(240, seed=5)
+    train, validation = table.take(np.arange(0, 160)), table.take(np.arange(160, 240))
+    members = [{"estimator": "knn"}, {"estimator": "linear"}]
+    router = Router(members=members, weight_metric="aiq").fit(train, validation)
+    # Each member's score is the AIQ of that member routing the validation prompts alone.
+    refs = References.from_matrices(validation.models, validation.score, validation.cost)
+    for m in members:
+        run = replay(Router(estimator=m["estimator"]).fit(train), validation)
+        label = f"{m['estimator']}@tfidf"
+        expected = aiq(run.mean_cost, run.mean_quality, refs)
+        assert router.member_scores_[label] == pytest.approx(expected)
+    # The loss ranks decisions, not levels: estimates that order the models as the truth does
+    # but sit far from it lose nothing by it, whereas their Brier score is poor.
+    loss = router._mix_loss(train, validation)
+    truth = np.nan_to_num(validation.score)
+    squashed = 0.5 + 0.01 * (truth - 0.5)
+    assert loss(squashed) == pytest.approx(loss(truth), abs=0.02)
+    assert loss(truth) < loss(np.full_like(truth, 0.5)) < 0
+    save_artifact(tmp_path / "aiq", router)
+    again, _ = load_artifact(tmp_path / "aiq")
+    assert again.weight_metric == "aiq"
+    np.testing.assert_allclose(again.quality_table(validation), router.quality_table(validation))
+    with pytest.raises(RouterError, match="weight_metric must be one of"):
+        Router(members=members, weight_metric="accuracy")

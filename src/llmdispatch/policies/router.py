@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from itertools import combinations, pairwise
-from math import comb
+from itertools import pairwise
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -28,11 +27,13 @@ from llmdispatch.catalog import ModelCard
 from llmdispatch.data.splits import kfold_indices, train_validation
 from llmdispatch.data.table import OutcomeTable
 from llmdispatch.estimators.base import QualityEstimator
+from llmdispatch.evaluation.metrics import References, aiq
 from llmdispatch.features.base import Encoder
 from llmdispatch.features.cache import encode_with_cache
 from llmdispatch.policies.base import Attempt, AttemptResult, Candidate, Decisions, Plan, Policy
 from llmdispatch.policies.calibrate import CalibrationTarget, achieved, choose_lambda
 from llmdispatch.policies.costs import CostModel, card_fits
+from llmdispatch.policies.mixing import MixLoss, brier_loss, mix_weights
 from llmdispatch.query import Query
 from llmdispatch.registry import REGISTRY, register
 from llmdispatch.types import BoolMatrix, Features, FloatMatrix, FloatVector, IntVector
@@ -42,10 +43,10 @@ AUTO = "auto"
 #: ``encoder="ensemble"``: average the estimates of every candidate encoder's estimator, with
 #: convex weights chosen on the validation table.
 ENSEMBLE = "ensemble"
+#: How the members of an ensemble or a stack are weighed (and ``auto`` chooses its encoder).
+WEIGHT_METRICS = ("brier", "aiq")
 #: Weight grid of an ensemble: multiples of 1/ENSEMBLE_STEPS that sum to one.
 ENSEMBLE_STEPS = 10
-#: Larger weight grids than this are searched greedily (ensemble selection) instead.
-EXACT_GRID_MAX = 10_000
 #: Batches smaller than this are not worth splitting across threads.
 PARALLEL_MIN_QUERIES = 256
 #: Fewer live queries than this are estimated one by one: the one-row path is faster
@@ -94,16 +95,16 @@ class Router(Policy):
     cache_encodings : encode tables through the on-disk encoding cache (worth it for slow
         encoders such as MiniLM, which ``bench`` would otherwise re-embed on every run).
     encoder_candidates : with ``encoder="auto"``, the encoders tried; the one whose quality
-        estimates have the lowest Brier score on the validation table is kept (the choice is
+        estimates score best on the validation table is kept (the choice is
         made on validation, never on test). With ``encoder="ensemble"``, one estimator is
         fitted per candidate and ``Q̂`` is their weighted mean, the convex weights (multiples
-        of 1/10) minimising the validation Brier score; a candidate whose weight is 0 is
+        of 1/10) that score best on validation; a candidate whose weight is 0 is
         dropped. Two views of a prompt (hashed n-grams, MiniLM) err differently, and their
         mean is often better calibrated than either.
     members : a stacked router: a list of :class:`MemberSpec` (``estimator``,
         ``estimator_params``, ``encoder``, ``encoder_params``), each fitted on the training
-        table; ``Q̂`` is their convex mix with the weights that minimise the validation Brier
-        score (ensemble selection, Caruana et al. 2004: the exact grid of tenths while it
+        table; ``Q̂`` is their convex mix with the weights that score best on validation
+        (ensemble selection, Caruana et al. 2004: the exact grid of tenths while it
         has at most 10,000 points, greedy forward selection with replacement beyond).
         Paradigms err apart (a kNN's neighbourhood average, a factorisation's model
         embedding), so the mix can be better than its best member. ``estimator`` and
@@ -117,7 +118,14 @@ class Router(Policy):
     refit : once the encoder, the members' weights and λ have been chosen on the validation
         table, fit the kept members again on the training and validation tables together
         (as scikit-learn's searches refit their best estimator), so the router that is kept
-        has learnt from every labelled prompt; the choices and λ stay as made.
+        has learnt from every labelled prompt; the choices and λ stay as made. A single
+        estimator with nothing to choose on validation is fitted once, on both tables.
+    weight_metric : what "scores best" means for ``auto``, an ensemble and a stack:
+        ``"brier"`` (default), the Brier score of the (mixed) estimates; ``"aiq"``, the area
+        under the cost/quality curve the router itself traces on the validation rows with
+        those estimates (its λ sweep), which judges members by the decisions they lead to
+        rather than by their calibration, so a member with well-ranked but badly scaled
+        estimates can still earn weight.
     """
 
     knob_name: ClassVar[str] = "lambda"
@@ -137,6 +145,7 @@ class Router(Policy):
         members: Sequence[MemberSpec | Mapping[str, Any]] | None = None,
         weight_folds: int = 0,
         refit: bool = False,
+        weight_metric: str = "brier",
     ) -> None:
         self.estimator = estimator
         self.estimator_params = dict(estimator_params or {})
@@ -167,6 +176,11 @@ class Router(Policy):
             )
         self.weight_folds = weight_folds
         self.refit = refit
+        if weight_metric not in WEIGHT_METRICS:
+            raise RouterError(
+                f"weight_metric must be one of {list(WEIGHT_METRICS)}, got {weight_metric!r}"
+            )
+        self.weight_metric = weight_metric
         if self.members is not None:
             if not self.members:
                 raise RouterError("members must name at least one estimator")
@@ -215,6 +229,11 @@ class Router(Policy):
                 raise RouterError(f"allow names unknown models {unknown}; known: {train.models}")
         self.models_ = tuple(train.models)
         specs = self._member_specs()
+        calibrates = self.calibrate is not None and self.calibrate.kind != "lambda"
+        merged = False
+        if self.refit and validation is not None and len(specs) == 1 and not calibrates:
+            # Nothing is chosen on validation: one fit on both is what the refit would give.
+            train, validation, merged = train.concat(validation), None, True
         if len(specs) > 1:
             if validation is None:
                 train, validation = train_validation(train)
@@ -242,7 +261,9 @@ class Router(Policy):
         self.calibration_: dict[str, Any] = {}
         if self.calibrate is not None:
             self._calibrate(self.calibrate, validation)
-        if self.refit and validation is not None:
+        if merged:
+            self.trained_on_["refit_prompts"] = int(train.n_prompts)
+        elif self.refit and validation is not None:
             self._refit(train.concat(validation))
         return self
 
@@ -289,33 +310,66 @@ class Router(Policy):
     def _select_members(
         self, specs: list[MemberSpec], train: OutcomeTable, validation: OutcomeTable
     ) -> tuple[list[tuple[Encoder, QualityEstimator]], list[float], list[str]]:
-        """Each member fitted on ``train`` and scored by its Brier score on ``validation``;
+        """Each member fitted on ``train`` and scored on ``validation`` by ``weight_metric``;
         ``encoder="auto"`` keeps the best one, an ensemble or a stack the convex weights
         whose mixture scores best."""
         texts, val_texts = train.full_prompts(), validation.full_prompts()
-        known = validation.known
-        truth = np.nan_to_num(validation.score)
         members: list[tuple[Encoder, QualityEstimator]] = []
         predictions: list[FloatMatrix] = []
-        self.member_scores_: dict[str, float] = {}
         for spec in specs:
             encoder, est = self._fit_member(spec, train, texts)
-            q = self._full(est.predict(self._encode_texts(encoder, val_texts)), est)
-            self.member_scores_[spec.label] = _brier(q, truth, known)
+            predictions.append(self._full(est.predict(self._encode_texts(encoder, val_texts)), est))
             members.append((encoder, est))
-            predictions.append(q)
+        loss = self._mix_loss(train, validation)
+        # Reported as the metric itself (Brier: lower is better; AIQ: higher is better).
+        sign = -1.0 if self.weight_metric == "aiq" else 1.0
+        self.member_scores_: dict[str, float] = {
+            spec.label: sign * loss(q) for spec, q in zip(specs, predictions, strict=True)
+        }
         if self.members is None and self.encoder == AUTO:
-            weights = np.eye(len(members))[int(np.argmin(list(self.member_scores_.values())))]
+            losses = [loss(q) for q in predictions]
+            weights = np.eye(len(members))[int(np.argmin(losses))]
         else:
             if self.weight_folds:
                 out_of_fold = self._out_of_fold(specs, train)
                 predictions = [
                     np.vstack([o, q]) for o, q in zip(out_of_fold, predictions, strict=True)
                 ]
-                truth = np.vstack([np.nan_to_num(train.score), truth])
-                known = np.vstack([train.known, known])
-            weights = mix_weights(predictions, truth, known, ENSEMBLE_STEPS)
+                loss = self._mix_loss(train, train.concat(validation))
+            weights = mix_weights(predictions, loss, ENSEMBLE_STEPS)
         return members, weights.tolist(), [spec.label for spec in specs]
+
+    def _mix_loss(self, train: OutcomeTable, rows: OutcomeTable) -> MixLoss:
+        """How a mix of estimates of ``rows`` is scored (lower is better): its Brier score,
+        or with ``weight_metric="aiq"`` minus the AIQ of the router's λ sweep over ``rows``
+        with that mix as ``Q̂`` (costs expected by a cost model fitted on ``train``)."""
+        truth = np.nan_to_num(rows.score)
+        if self.weight_metric == "brier":
+            return brier_loss(truth, rows.known)
+        has_outcome = rows.known.any(axis=1)
+        known, truth = rows.known[has_outcome], truth[has_outcome]
+        cost = np.nan_to_num(rows.cost[has_outcome])
+        costs = CostModel().fit(train)
+        expected = costs.for_table(rows.blind())[has_outcome]
+        scale = float(max(costs.mean_cost_.max(), 1e-12))
+        allowed = known & (
+            np.ones(len(rows.models), dtype=bool)
+            if self.allow is None
+            else np.isin(np.array(rows.models), np.array(self.allow))
+        )
+        refs = References.from_matrices(
+            tuple(rows.models), np.where(known, truth, np.nan), np.where(known, cost, np.nan)
+        )
+        picked = np.arange(len(truth))
+
+        def loss(q: FloatMatrix) -> float:
+            q = q[has_outcome]
+            choices = [self.choose(q, expected, allowed, lam, scale) for lam in self.lambdas]
+            quality = np.array([truth[picked, c].mean() for c in choices])
+            spent = np.array([cost[picked, c].mean() for c in choices])
+            return -aiq(spent, quality, refs)
+
+        return loss
 
     def _out_of_fold(self, specs: list[MemberSpec], train: OutcomeTable) -> list[FloatMatrix]:
         """Each member's estimates of every training row by a copy fitted without that row's
@@ -582,6 +636,7 @@ class Router(Policy):
                 "encoder_candidates": list(self.encoder_candidates),
                 "weight_folds": self.weight_folds,
                 "refit": self.refit,
+                "weight_metric": self.weight_metric,
                 "members": (
                     None
                     if self.members is None
@@ -653,16 +708,6 @@ class Router(Policy):
         return router
 
 
-def _simplex(n: int, steps: int) -> np.ndarray:
-    """Every weight vector of ``n`` multiples of ``1/steps`` that sum to one (stars and
-    bars: the ``n - 1`` bar positions among ``steps + n - 1`` slots)."""
-    rows = []
-    for bars in combinations(range(steps + n - 1), n - 1):
-        edges = (-1, *bars, steps + n - 1)
-        rows.append([b - a - 1 for a, b in pairwise(edges)])
-    return np.array(rows, dtype=np.float64) / steps
-
-
 def _member_spec(member: MemberSpec | Mapping[str, Any]) -> MemberSpec:
     if isinstance(member, MemberSpec):
         return member
@@ -677,35 +722,3 @@ def _member_spec(member: MemberSpec | Mapping[str, Any]) -> MemberSpec:
 
 def _default_label(encoder: Encoder, estimator: QualityEstimator) -> str:
     return f"{estimator.registry_name}@{encoder.registry_name}"
-
-
-def _brier(q: FloatMatrix, truth: FloatMatrix, known: BoolMatrix) -> float:
-    return float(((q - truth) ** 2)[known].mean())
-
-
-def mix_weights(
-    predictions: Sequence[FloatMatrix], truth: FloatMatrix, known: BoolMatrix, steps: int
-) -> FloatVector:
-    """Convex weights, multiples of ``1/steps``, of the members' estimates whose mix has the
-    lowest Brier score against ``truth`` on the ``known`` cells.
-
-    Every point of the grid is tried while there are at most :data:`EXACT_GRID_MAX`; beyond,
-    ensemble selection (Caruana et al. 2004): start from the best single member and add,
-    ``steps - 1`` times, with replacement, the member that lowers the mix's score most.
-    """
-    n = len(predictions)
-    if comb(steps + n - 1, n - 1) <= EXACT_GRID_MAX:
-        grid = _simplex(n, steps)
-        scores = [
-            _brier(sum(w * q for w, q in zip(ws, predictions, strict=True)), truth, known)
-            for ws in grid
-        ]
-        return np.asarray(grid[int(np.argmin(scores))], dtype=np.float64)
-    counts = np.zeros(n)
-    total = np.zeros_like(predictions[0])
-    for step in range(steps):
-        scores = [_brier((total + q) / (step + 1), truth, known) for q in predictions]
-        best = int(np.argmin(scores))
-        counts[best] += 1
-        total = total + predictions[best]
-    return np.asarray(counts / steps, dtype=np.float64)

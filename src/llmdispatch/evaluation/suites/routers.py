@@ -9,6 +9,9 @@ the default kNN (LSA, 128 dimensions), ``router-knn-exact`` the exact sparse sea
 with weights chosen on the validation split. ``router-stack`` mixes five members across
 paradigms and encoders (kNN on TF-IDF and on MiniLM; EmbedLLM, MLP and Eagle on TF-IDF) with
 the convex weights that minimise the validation Brier score.
+Every router is refitted (``refit=True``): once its choices (encoder, members' weights) are
+made on the validation split, what it keeps has learnt from the whole training split, so no
+router is compared with fewer labelled prompts than another.
 Hyper-parameters are the estimators' own validation-tuned defaults; nothing here is tuned on
 a test split.
 """
@@ -62,7 +65,7 @@ def router_factory(label: str, params: dict[str, Any]) -> Callable[[], Policy]:
     """A zero-argument factory of an unfitted, labelled router."""
 
     def factory() -> Policy:
-        router = Router(**params)
+        router = Router(**{"refit": True, **params})
         router.label = label
         return router
 
