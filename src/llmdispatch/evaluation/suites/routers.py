@@ -9,9 +9,11 @@ the default kNN (LSA, 128 dimensions), ``router-knn-exact`` the exact sparse sea
 with weights chosen on the validation split. ``router-stack`` mixes five members across
 paradigms and encoders (kNN on TF-IDF and on MiniLM; EmbedLLM, MLP and Eagle on TF-IDF) with
 the convex weights that minimise the validation Brier score.
-Every router is refitted (``refit=True``): once its choices (encoder, members' weights) are
-made on the validation split, what it keeps has learnt from the whole training split, so no
-router is compared with fewer labelled prompts than another.
+The three that choose on the validation split (``router-knn``, ``router-knn-ensemble``,
+``router-stack``) are refitted (``refit=True``): once the encoder or the members' weights are
+chosen, the members are fitted again on the whole training split. The single-estimator
+routers are fitted on the training split less its validation share: on the development cuts
+of ``benchmarks/bench_dev.py`` refitting them gained nothing (Eagle lost on 7 of 10 cuts).
 Hyper-parameters are the estimators' own validation-tuned defaults; nothing here is tuned on
 a test split.
 """
@@ -32,6 +34,7 @@ ROUTERS: dict[str, dict[str, Any]] = {
         "estimator_params": {"n_components": "auto"},
         "encoder": "auto",
         "cache_encodings": True,
+        "refit": True,
     },
     "knn-tfidf": {"estimator": "knn"},
     "knn-exact": {"estimator": "knn", "estimator_params": {"n_components": None}},
@@ -40,6 +43,7 @@ ROUTERS: dict[str, dict[str, Any]] = {
         "estimator_params": {"n_components": "auto"},
         "encoder": "ensemble",
         "cache_encodings": True,
+        "refit": True,
     },
     "stack": {
         "members": [
@@ -48,6 +52,7 @@ ROUTERS: dict[str, dict[str, Any]] = {
         ]
         + [{"estimator": name} for name in ("embedllm", "mlp", "eagle")],
         "cache_encodings": True,
+        "refit": True,
     },
     "linear": {"estimator": "linear"},
     "mlp": {"estimator": "mlp"},
@@ -65,7 +70,7 @@ def router_factory(label: str, params: dict[str, Any]) -> Callable[[], Policy]:
     """A zero-argument factory of an unfitted, labelled router."""
 
     def factory() -> Policy:
-        router = Router(**{"refit": True, **params})
+        router = Router(**params)
         router.label = label
         return router
 
