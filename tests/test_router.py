@@ -446,7 +446,7 @@ def test_weights_by_aiq_judge_members_by_the_routes_they_give(tmp_path: Path) ->
         assert router.member_scores_[label] == pytest.approx(expected)
     # The loss ranks decisions, not levels: estimates that order the models as the truth does
     # but sit far from it lose nothing by it, whereas their Brier score is poor.
-    loss = router._mix_loss(train, validation)
+    loss = router._mix_loss(train, validation, np.ones(validation.n_models, dtype=bool))
     truth = np.nan_to_num(validation.score)
     squashed = 0.5 + 0.01 * (truth - 0.5)
     assert loss(squashed) == pytest.approx(loss(truth), abs=0.02)

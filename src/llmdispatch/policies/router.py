@@ -20,6 +20,7 @@ from itertools import pairwise
 from typing import Any, ClassVar, Self
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmdispatch.artifacts import component_state, restore
@@ -320,7 +321,9 @@ class Router(Policy):
             encoder, est = self._fit_member(spec, train, texts)
             predictions.append(self._full(est.predict(self._encode_texts(encoder, val_texts)), est))
             members.append((encoder, est))
-        loss = self._mix_loss(train, validation)
+        names = np.array(self.models_)
+        covered = np.logical_and.reduce([np.isin(names, np.array(e.models_)) for _, e in members])
+        loss = self._mix_loss(train, validation, covered)
         # Reported as the metric itself (Brier: lower is better; AIQ: higher is better).
         sign = -1.0 if self.weight_metric == "aiq" else 1.0
         self.member_scores_: dict[str, float] = {
@@ -335,14 +338,17 @@ class Router(Policy):
                 predictions = [
                     np.vstack([o, q]) for o, q in zip(out_of_fold, predictions, strict=True)
                 ]
-                loss = self._mix_loss(train, train.concat(validation))
+                loss = self._mix_loss(train, train.concat(validation), covered)
             weights = mix_weights(predictions, loss, ENSEMBLE_STEPS)
         return members, weights.tolist(), [spec.label for spec in specs]
 
-    def _mix_loss(self, train: OutcomeTable, rows: OutcomeTable) -> MixLoss:
+    def _mix_loss(
+        self, train: OutcomeTable, rows: OutcomeTable, covered: npt.NDArray[np.bool_]
+    ) -> MixLoss:
         """How a mix of estimates of ``rows`` is scored (lower is better): its Brier score,
         or with ``weight_metric="aiq"`` minus the AIQ of the router's λ sweep over ``rows``
-        with that mix as ``Q̂`` (costs expected by a cost model fitted on ``train``)."""
+        with that mix as ``Q̂`` (costs expected by a cost model fitted on ``train``; only the
+        ``covered`` models, those every member estimates, may be chosen, as live)."""
         truth = np.nan_to_num(rows.score)
         if self.weight_metric == "brier":
             return brier_loss(truth, rows.known)
@@ -352,11 +358,9 @@ class Router(Policy):
         costs = CostModel().fit(train)
         expected = costs.for_table(rows.blind())[has_outcome]
         scale = float(max(costs.mean_cost_.max(), 1e-12))
-        allowed = known & (
-            np.ones(len(rows.models), dtype=bool)
-            if self.allow is None
-            else np.isin(np.array(rows.models), np.array(self.allow))
-        )
+        if self.allow is not None:
+            covered = covered & np.isin(np.array(rows.models), np.array(self.allow))
+        allowed = known & covered[None, :]
         refs = References.from_matrices(
             tuple(rows.models), np.where(known, truth, np.nan), np.where(known, cost, np.nan)
         )
