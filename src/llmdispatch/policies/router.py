@@ -324,13 +324,13 @@ class Router(Policy):
         names = np.array(self.models_)
         covered = np.logical_and.reduce([np.isin(names, np.array(e.models_)) for _, e in members])
         loss = self._mix_loss(train, validation, covered)
+        losses = [loss(q) for q in predictions]
         # Reported as the metric itself (Brier: lower is better; AIQ: higher is better).
         sign = -1.0 if self.weight_metric == "aiq" else 1.0
         self.member_scores_: dict[str, float] = {
-            spec.label: sign * loss(q) for spec, q in zip(specs, predictions, strict=True)
+            spec.label: sign * value for spec, value in zip(specs, losses, strict=True)
         }
         if self.members is None and self.encoder == AUTO:
-            losses = [loss(q) for q in predictions]
             weights = np.eye(len(members))[int(np.argmin(losses))]
         else:
             if self.weight_folds:
