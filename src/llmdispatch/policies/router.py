@@ -321,9 +321,8 @@ class Router(Policy):
             encoder, est = self._fit_member(spec, train, texts)
             predictions.append(self._full(est.predict(self._encode_texts(encoder, val_texts)), est))
             members.append((encoder, est))
-        names = np.array(self.models_)
-        covered = np.logical_and.reduce([np.isin(names, np.array(e.models_)) for _, e in members])
-        loss = self._mix_loss(train, validation, covered)
+        admitted = self._admitted(members)
+        loss = self._mix_loss(train, validation, admitted)
         losses = [loss(q) for q in predictions]
         # Reported as the metric itself (Brier: lower is better; AIQ: higher is better).
         sign = -1.0 if self.weight_metric == "aiq" else 1.0
@@ -338,17 +337,17 @@ class Router(Policy):
                 predictions = [
                     np.vstack([o, q]) for o, q in zip(out_of_fold, predictions, strict=True)
                 ]
-                loss = self._mix_loss(train, train.concat(validation), covered)
+                loss = self._mix_loss(train, train.concat(validation), admitted)
             weights = mix_weights(predictions, loss, ENSEMBLE_STEPS)
         return members, weights.tolist(), [spec.label for spec in specs]
 
     def _mix_loss(
-        self, train: OutcomeTable, rows: OutcomeTable, covered: npt.NDArray[np.bool_]
+        self, train: OutcomeTable, rows: OutcomeTable, admitted: npt.NDArray[np.bool_]
     ) -> MixLoss:
         """How a mix of estimates of ``rows`` is scored (lower is better): its Brier score,
         or with ``weight_metric="aiq"`` minus the AIQ of the router's λ sweep over ``rows``
         with that mix as ``Q̂`` (costs expected by a cost model fitted on ``train``; only the
-        ``covered`` models, those every member estimates, may be chosen, as live)."""
+        ``admitted`` models may be chosen, as live)."""
         truth = np.nan_to_num(rows.score)
         if self.weight_metric == "brier":
             return brier_loss(truth, rows.known)
@@ -358,9 +357,7 @@ class Router(Policy):
         costs = CostModel().fit(train)
         expected = costs.for_table(rows.blind())[has_outcome]
         scale = float(max(costs.mean_cost_.max(), 1e-12))
-        if self.allow is not None:
-            covered = covered & np.isin(np.array(rows.models), np.array(self.allow))
-        allowed = known & covered[None, :]
+        allowed = known & admitted[None, :]
         refs = References.from_matrices(
             tuple(rows.models), np.where(known, truth, np.nan), np.where(known, cost, np.nan)
         )
@@ -527,14 +524,19 @@ class Router(Policy):
         key = (self.models_, self.allow)  # _set_members drops the cache
         cached = getattr(self, "_allow_cache", None)
         if cached is None or cached[0] != key:
-            names = np.array(self.models_)
-            covered = np.ones(len(names), dtype=bool)
-            for _, est in self.members_:  # a mix is only defined where every member estimates
-                covered &= np.isin(names, np.array(est.models_))
-            if self.allow is not None:
-                covered &= np.isin(np.array(self.models_), np.array(self.allow))
-            cached = self._allow_cache = (key, covered)
+            cached = self._allow_cache = (key, self._admitted(self.members_))
         return cached[1]
+
+    def _admitted(self, members: Sequence[tuple[Encoder, QualityEstimator]]) -> np.ndarray:
+        """Models every one of ``members`` estimates (a mix is only defined there) and the
+        allow-list admits."""
+        names = np.array(self.models_)
+        covered = np.ones(len(names), dtype=bool)
+        for _, est in members:
+            covered &= np.isin(names, np.array(est.models_))
+        if self.allow is not None:
+            covered &= np.isin(names, np.array(self.allow))
+        return covered
 
     @staticmethod
     def choose(
