@@ -343,7 +343,7 @@ class _RouterWithSignal(Policy):
         router: Router = copy.copy(cached)
         router.cards_ = {name: train.card(name) for name in router.models_}
         router.costs_ = CostModel().fit(train)
-        router.cost_scale_ = float(max(router.costs_.mean_cost_.max(), 1e-12))
+        router.cost_scale_ = router.costs_.cost_scale
         return router
 
     def _new_calibrated(self, fresh: bool = False) -> CalibratedSignal:

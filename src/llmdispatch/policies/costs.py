@@ -59,6 +59,11 @@ class CostModel:
         return self
 
     # ---- prediction ----------------------------------------------------------------------
+    @property
+    def cost_scale(self) -> float:
+        """``c̄``, the largest per-model mean cost: the unit that makes a router's λ unit-free."""
+        return float(max(self.mean_cost_.max(), 1e-12))
+
     def _formula(self, tokens_in: FloatMatrix, scale: FloatVector) -> FloatMatrix:
         raw = (tokens_in * self.price_in_ + self.mean_tokens_out_ * self.price_out_) / 1e6
         return np.asarray(raw * scale, dtype=np.float64)

@@ -246,7 +246,7 @@ class Router(Policy):
             raise RouterError(f"the estimator predicts models {unknown} the table does not have")
         self.cards_ = {name: train.card(name) for name in self.models_}
         self.costs_ = CostModel().fit(train)
-        self.cost_scale_ = float(max(self.costs_.mean_cost_.max(), 1e-12))
+        self.cost_scale_ = self.costs_.cost_scale
         means = train.mean_score()
         self.strongest_ = int(np.nanargmax(np.where(np.isnan(means), -np.inf, means)))
         self.trained_on_ = {
@@ -356,7 +356,7 @@ class Router(Policy):
         cost = np.nan_to_num(rows.cost[has_outcome])
         costs = CostModel().fit(train)
         expected = costs.for_table(rows.blind())[has_outcome]
-        scale = float(max(costs.mean_cost_.max(), 1e-12))
+        scale = costs.cost_scale
         allowed = known & admitted[None, :]
         refs = References.from_matrices(
             tuple(rows.models), np.where(known, truth, np.nan), np.where(known, cost, np.nan)
@@ -519,7 +519,7 @@ class Router(Policy):
         self._check_fitted()
         return self.costs_.for_queries(queries)
 
-    def _allow_mask(self) -> np.ndarray:
+    def _allow_mask(self) -> npt.NDArray[np.bool_]:
         """Models every member estimates and the allow-list admits (cached: read per request)."""
         key = (self.models_, self.allow)  # _set_members drops the cache
         cached = getattr(self, "_allow_cache", None)
@@ -527,7 +527,9 @@ class Router(Policy):
             cached = self._allow_cache = (key, self._admitted(self.members_))
         return cached[1]
 
-    def _admitted(self, members: Sequence[tuple[Encoder, QualityEstimator]]) -> np.ndarray:
+    def _admitted(
+        self, members: Sequence[tuple[Encoder, QualityEstimator]]
+    ) -> npt.NDArray[np.bool_]:
         """Models every one of ``members`` estimates (a mix is only defined there) and the
         allow-list admits."""
         names = np.array(self.models_)
