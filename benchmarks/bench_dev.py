@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_dev.py [--data cascades9 llmrouter-dc ...]
         [--routers router-knn router-stack ...] [--salts dev dev2] [--out results]
-        [--variant router-stack-cv router-stack weight_folds=5 ...]
+        [--variant router-stack-cv router-stack weight_folds=5 ...] [--jobs 2]
 
 Before a new method or default is adopted, it is compared here, on each data set's train
 split only: a salted hash sets ``--dev-fraction`` of the training prompts aside as a
@@ -15,6 +15,9 @@ not one lucky split. The test split is never read.
 registering it: benchmark router ``BASE`` (``router-stack``) with some of its parameters
 replaced (values are YAML: ``5``, ``true``, ``[tfidf, minilm]``), run under ``NAME``.
 
+``--jobs N`` runs N cuts at a time in separate processes (every router is single-threaded;
+the results are the same as with one job, in the same order).
+
 Writes ``OUT/dev/dev.json`` and ``dev.md``.
 """
 
@@ -24,6 +27,7 @@ import argparse
 import json
 import shlex
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +108,19 @@ def dev_aiq(
     return out
 
 
+def entries_for(routers: list[str], variants: list[list[str]]) -> list[BenchmarkPolicy]:
+    """The benchmark routers named and the ``--variant`` specs, in that order."""
+    return benchmark_entries(routers) + [router_variant(v) for v in variants]
+
+
+def run_cut(
+    name: str, salt: str, routers: list[str], variants: list[list[str]], fraction: float
+) -> dict[str, Any]:
+    """:func:`dev_aiq` of one cut from picklable arguments (a ``--jobs`` worker's task)."""
+    train = load_table(name).split("train")  # the test split is never passed on
+    return dev_aiq(name, train, entries_for(routers, variants), salt, fraction)
+
+
 def markdown(
     cuts: list[dict[str, Any]], routers: list[str], fraction: float, command: str = COMMAND
 ) -> str:
@@ -171,20 +188,29 @@ def main() -> None:
         metavar="NAME BASE KEY=VALUE",
         help="also run benchmark router BASE with these parameters replaced, as NAME",
     )
+    ap.add_argument("--jobs", type=int, default=1, help="cuts run at a time (processes)")
     args = ap.parse_args()
     if not 0 < args.dev_fraction < 1:
         ap.error(f"--dev-fraction must lie between 0 and 1, got {args.dev_fraction}")
+    if args.jobs < 1:
+        ap.error(f"--jobs must be at least 1, got {args.jobs}")
     try:  # unknown names and bad variants fail here, before any fitting
-        entries = benchmark_entries(args.routers) + [router_variant(v) for v in args.variant]
+        entries = entries_for(args.routers, args.variant)
     except (UnknownComponentError, ValueError) as exc:
         ap.error(str(exc))
     names = [e.name for e in entries]
     if len(set(names)) < len(names):
         ap.error(f"router names must be distinct, got {names}")
-    cuts = []
-    for name in args.data:
-        train = load_table(name).split("train")  # the test split is never passed on
-        cuts += [dev_aiq(name, train, entries, salt, args.dev_fraction) for salt in args.salts]
+    tasks = [(name, salt) for name in args.data for salt in args.salts]
+    if args.jobs == 1:
+        cuts = [run_cut(n, s, args.routers, args.variant, args.dev_fraction) for n, s in tasks]
+    else:
+        with ProcessPoolExecutor(args.jobs) as pool:
+            futures = [
+                pool.submit(run_cut, n, s, args.routers, args.variant, args.dev_fraction)
+                for n, s in tasks
+            ]
+            cuts = [f.result() for f in futures]
     command = shlex.join([*COMMAND.split(), *sys.argv[1:]])
     text = markdown(cuts, names, args.dev_fraction, command)
     out = args.out / "dev"

@@ -18,10 +18,14 @@ def test_script_compares_on_train_cuts_only(
 ) -> None:
     folder = shared_data("arena-hard-v1")  # skips when the shared data are absent
     cmd = [sys.executable, str(SCRIPT), "--data", "arena-hard-v1", "--salts", "a", "b"]
-    cmd += ["--routers", "router-knn-tfidf", "router-bradley-terry", "--out", str(tmp_path)]
+    cmd += ["--routers", "router-knn-tfidf", "router-bradley-terry"]
     cmd += ["--variant", "knn-k3", "router-knn-tfidf", "estimator_params={k: 3}"]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    run = [*cmd, "--out", str(tmp_path), "--jobs", "2"]
+    subprocess.run(run, check=True, capture_output=True, timeout=600)
     cuts = json.loads((tmp_path / "dev" / "dev.json").read_text())
+    one = tmp_path / "one-job"
+    subprocess.run([*cmd, "--out", str(one)], check=True, capture_output=True, timeout=600)
+    assert json.loads((one / "dev" / "dev.json").read_text()) == cuts  # same cuts, same order
     train = load_table(folder).split("train").n_prompts
     assert [c["salt"] for c in cuts] == ["a", "b"]
     for cut in cuts:  # the cut's three parts are the train split, nothing more
@@ -41,6 +45,7 @@ def test_script_rejects_unknown_routers_and_bad_fractions(tmp_path: Path) -> Non
     for extra, message in (
         (["--routers", "router-nope"], "unknown benchmark-policy 'router-nope'"),
         (["--dev-fraction", "1.5"], "--dev-fraction must lie between 0 and 1"),
+        (["--jobs", "0"], "--jobs must be at least 1"),
         (["--variant", "v", "router-nope", "k=1"], "'router-nope' is not a benchmark router"),
         (["--variant", "v", "router-knn"], "--variant needs NAME BASE KEY=VALUE"),
         (["--variant", "v", "router-knn", "weight_folds"], "'weight_folds' is not KEY=VALUE"),
