@@ -387,6 +387,29 @@ def test_stack_weights_from_out_of_fold_estimates(tmp_path: Path) -> None:
         Router(members=members, weight_folds=10).fit(train.take(np.arange(12)), validation)
 
 
+def test_auto_encoder_chosen_on_out_of_fold_estimates_too() -> None:
+    """``encoder="auto"`` with ``weight_folds`` judges each candidate on out-of-fold
+    estimates of the training rows together with validation, and keeps the best."""
+    from llmdispatch.policies.mixing import brier_loss
+
+    table = noisy_planted(240, seed=5)
+    train, validation = table.take(np.arange(0, 160)), table.take(np.arange(160, 240))
+    params = {"encoder": "auto", "encoder_candidates": ("tfidf", "tfidf-svd")}
+    router = Router(**params, weight_folds=4).fit(train, validation)
+    specs = router._member_specs()
+    out_of_fold = router._out_of_fold(specs, train)
+    truth = np.vstack([np.nan_to_num(train.score), np.nan_to_num(validation.score)])
+    loss = brier_loss(truth, np.vstack([train.known, validation.known]))
+    expected = {}
+    for spec, oof in zip(specs, out_of_fold, strict=True):
+        alone = Router(encoder=spec.encoder).fit(train).quality_table(validation)
+        expected[spec.label] = loss(np.vstack([oof, alone]))
+    assert router.member_scores_ == pytest.approx(expected)
+    assert router.member_labels_ == [min(expected, key=expected.__getitem__)]
+    on_validation = Router(**params).fit(train, validation).member_scores_
+    assert on_validation != pytest.approx(expected)  # validation alone scores differently
+
+
 def test_refit_learns_from_validation_too_and_keeps_the_choices(tmp_path: Path) -> None:
     table = noisy_planted(240, seed=4)
     train, validation = table.take(np.arange(0, 160)), table.take(np.arange(160, 240))

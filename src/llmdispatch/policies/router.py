@@ -110,12 +110,13 @@ class Router(Policy):
         Paradigms err apart (a kNN's neighbourhood average, a factorisation's model
         embedding), so the mix can be better than its best member. ``estimator`` and
         ``encoder`` are then unused (leave them at their defaults).
-    weight_folds : with ``K >= 2``, the weights of an ensemble or a stack are chosen on more
-        rows: out-of-fold estimates of the whole training table (each member refitted on
-        ``K - 1`` folds and asked about the held-out one, as in stacked generalisation,
-        Wolpert 1992, and the super learner, van der Laan et al. 2007) together with the
-        validation table's estimates; the members that are kept are still those fitted on
-        the whole training table. Costs ``K`` extra fits per member. ``0``: validation only.
+    weight_folds : with ``K >= 2``, ``auto``'s encoder and the weights of an ensemble or a
+        stack are chosen on more rows: out-of-fold estimates of the whole training table
+        (each member refitted on ``K - 1`` folds and asked about the held-out one, as in
+        stacked generalisation, Wolpert 1992, and the super learner, van der Laan et al.
+        2007) together with the validation table's estimates; the members that are kept are
+        still those fitted on the whole training table. Costs ``K`` extra fits per member.
+        ``0``: validation only.
     refit : once the encoder, the members' weights and λ have been chosen on the validation
         table, fit the kept members again on the training and validation tables together
         (as scikit-learn's searches refit their best estimator), so the router that is kept
@@ -311,7 +312,8 @@ class Router(Policy):
     def _select_members(
         self, specs: list[MemberSpec], train: OutcomeTable, validation: OutcomeTable
     ) -> tuple[list[tuple[Encoder, QualityEstimator]], list[float], list[str]]:
-        """Each member fitted on ``train`` and scored on ``validation`` by ``weight_metric``;
+        """Each member fitted on ``train`` and scored by ``weight_metric`` on ``validation``
+        (with ``weight_folds``, on out-of-fold estimates of ``train`` too);
         ``encoder="auto"`` keeps the best one, an ensemble or a stack the convex weights
         whose mixture scores best."""
         texts, val_texts = train.full_prompts(), validation.full_prompts()
@@ -323,6 +325,11 @@ class Router(Policy):
             members.append((encoder, est))
         admitted = self._admitted(members)
         loss = self._mix_loss(train, validation, admitted)
+        if self.weight_folds:
+            # Judged on out-of-fold estimates of the training rows as well as on validation.
+            out_of_fold = self._out_of_fold(specs, train)
+            predictions = [np.vstack([o, q]) for o, q in zip(out_of_fold, predictions, strict=True)]
+            loss = self._mix_loss(train, train.concat(validation), admitted)
         losses = [loss(q) for q in predictions]
         # Reported as the metric itself (Brier: lower is better; AIQ: higher is better).
         sign = -1.0 if self.weight_metric == "aiq" else 1.0
@@ -332,12 +339,6 @@ class Router(Policy):
         if self.members is None and self.encoder == AUTO:
             weights = np.eye(len(members))[int(np.argmin(losses))]
         else:
-            if self.weight_folds:
-                out_of_fold = self._out_of_fold(specs, train)
-                predictions = [
-                    np.vstack([o, q]) for o, q in zip(out_of_fold, predictions, strict=True)
-                ]
-                loss = self._mix_loss(train, train.concat(validation), admitted)
             weights = mix_weights(predictions, loss, ENSEMBLE_STEPS)
         return members, weights.tolist(), [spec.label for spec in specs]
 
