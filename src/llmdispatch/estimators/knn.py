@@ -29,6 +29,15 @@ lists of thousands of n-grams: several times faster, with a bounded worst case.
 ``n_components=None`` searches the sparse rows exactly, and ``"auto"`` picks by leave-one-out;
 ``llmdispatch bench`` runs the default and the exact search side by side
 (``router-knn-tfidf``, ``router-knn-exact``).
+
+Optional supervised neighbourhoods (``supervised_components``, dense features only): the
+cosine of two prompts' embeddings says how alike they read, not how alike the models do on
+them. Partial least squares (Wold, 1975) finds the ``c`` directions of the embedding whose
+scores covary most with the training score matrix (unknown cells at the model means); each
+row is then searched as ``[t̂, x] / √2``, its unit PLS scores ``t̂ = (x − x̄) R`` beside the
+embedding itself, so the similarity is the mean of the two cosines: prompts must read alike
+and sit alike along the directions that move the models' scores (a supervised metric for
+the neighbour search, as in metric-learning kNN, Weinberger & Saul 2009).
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ import scipy.sparse as sp
 from llmdispatch.data.table import OutcomeTable
 from llmdispatch.estimators._common import (
     Scores,
+    as_dense,
     check_features,
     check_grid,
     check_int,
@@ -65,6 +75,8 @@ if TYPE_CHECKING:
     from llmdispatch.features.hashing import SparseRow
 
 Auto = Literal["auto"]
+#: A fitted PLS map: the features' column mean and their rotations (features × components).
+PlsMap = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
 DEFAULT_K_GRID = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)
 DEFAULT_TEMPERATURE_GRID: tuple[float | None, ...] = (None, 0.2, 0.1, 0.05, 0.02)
 DEFAULT_PRIOR_GRID = (0.1, 1.0, 5.0)
@@ -89,6 +101,10 @@ class KNNEstimator(QualityEstimator):
         Sparse features wider than this are searched in an LSA projection of this many
         dimensions fitted on the training rows; ``None``: exact search over the sparse rows;
         ``"auto"``: the exact search or one of ``components_grid``, by leave-one-out MSE.
+    supervised_components : int or None
+        Search neighbours in a space that adds ``c`` partial-least-squares directions fitted
+        on the training scores to the features (see the module docstring); dense features
+        only (MiniLM, static, ``tfidf-svd``). ``None`` (default): the features alone.
 
     Examples
     --------
@@ -109,6 +125,7 @@ class KNNEstimator(QualityEstimator):
         prior_grid: Sequence[float] = DEFAULT_PRIOR_GRID,
         n_components: int | Auto | None = 128,
         components_grid: Sequence[int] = DEFAULT_COMPONENTS_GRID,
+        supervised_components: int | None = None,
     ) -> None:
         self.k = k
         self.temperature = temperature
@@ -118,6 +135,7 @@ class KNNEstimator(QualityEstimator):
         self.prior_grid = prior_grid
         self.n_components = n_components
         self.components_grid = components_grid
+        self.supervised_components = supervised_components
 
     # ---- fitting ---------------------------------------------------------------------
     def _candidates(self, n: int) -> tuple[list[int], list[float | None], list[float]]:
@@ -149,6 +167,10 @@ class KNNEstimator(QualityEstimator):
         ks, temps, alphas = self._candidates(table.n_prompts)
         Xn = l2_normalize(check_features(X, table.n_prompts))
         self.n_features_ = int(Xn.shape[1])
+        self.supervised_: PlsMap | None = None
+        if self.supervised_components is not None:
+            self.supervised_ = _fit_pls(Xn, scores, self.supervised_components)
+            Xn = self._supervise(Xn)
         results: list[dict[str, Any]] = []
         chosen: tuple[dict[str, Any], LsaProjection | None, Features] | None = None
         for n_components in self._search_spaces(Xn):
@@ -191,16 +213,27 @@ class KNNEstimator(QualityEstimator):
             return [None, *widths]
         return widths
 
+    def _supervise(self, Xn: Features) -> npt.NDArray[np.float32]:
+        """Unit rows ``[t̂, x] / √2`` of L2-normalised dense rows ``x`` (PLS scores ``t̂``)."""
+        assert self.supervised_ is not None
+        mean, rotations = self.supervised_
+        x = np.asarray(as_dense(Xn), dtype=np.float32)
+        t = l2_normalize((x - mean) @ rotations)
+        return np.hstack([t, x]).astype(np.float32) / np.float32(np.sqrt(2.0))
+
     # ---- prediction ------------------------------------------------------------------
     def predict(self, X: Features) -> FloatMatrix:
         """Expected quality ``Q[n, m]`` of each model on each query."""
         self._check_fitted()
-        if sp.issparse(X) and X.shape[0] <= FEW_ROWS:
+        supervised = getattr(self, "supervised_", None) is not None
+        if sp.issparse(X) and X.shape[0] <= FEW_ROWS and not supervised:
             return self._predict_few(sp.csr_matrix(X))
         Xq = check_features(X)
         check_n_features(Xq, self.n_features_)
         # The projection's rows come out unit-norm whatever the input's scale.
         Xq = l2_normalize(Xq) if self.projection_ is None else self.projection_.transform(Xq)
+        if supervised:
+            Xq = self._supervise(Xq)
         YM, Mf = self._targets()
         out = np.empty((Xq.shape[0], len(self.models_)), dtype=np.float64)
         n_train = self.Y_.shape[0]
@@ -228,6 +261,8 @@ class KNNEstimator(QualityEstimator):
         :meth:`predict` without building sparse matrices, whose construction costs more than
         the maths (the live path)."""
         self._check_fitted()
+        if getattr(self, "supervised_", None) is not None:
+            raise ValueError("a kNN with supervised_components searches dense features only")
         if row.n_features != self.n_features_:
             raise ValueError(
                 f"X has {row.n_features} features but the estimator was fitted with "
@@ -307,6 +342,7 @@ class KNNEstimator(QualityEstimator):
     def get_state(self) -> dict[str, Any]:
         """Training rows, scores and the chosen hyper-parameters."""
         self._check_fitted()
+        pls: PlsMap | None = getattr(self, "supervised_", None)
         return {
             "models": list(self.models_),
             "X_train": features_state(self.X_train_),
@@ -319,6 +355,7 @@ class KNNEstimator(QualityEstimator):
             "cv_results": self.cv_results_,
             "n_features": self.n_features_,
             "projection": None if self.projection_ is None else self.projection_.get_state(),
+            "supervised": None if pls is None else {"mean": pls[0], "rotations": pls[1]},
         }
 
     @classmethod
@@ -344,6 +381,12 @@ class KNNEstimator(QualityEstimator):
         est.temperature_ = state["temperature"]
         est.prior_strength_ = float(state["prior_strength"])
         est.cv_results_ = list(state.get("cv_results", []))
+        supervised = state.get("supervised")
+        est.supervised_ = None
+        if supervised is not None:
+            rotations = np.asarray(supervised["rotations"], dtype=np.float32)
+            est.supervised_ = (np.asarray(supervised["mean"], dtype=np.float32), rotations)
+            est.supervised_components = int(rotations.shape[1])
         return est
 
 
@@ -429,6 +472,30 @@ def _weights(top: FloatMatrix, temperature: float | None) -> FloatMatrix:
 def _divide(num: FloatMatrix, den: FloatMatrix, prior: FloatMatrix) -> FloatMatrix:
     safe = np.where(den > 0, den, 1.0)
     return np.where(den > 0, num / safe, prior)
+
+
+def _fit_pls(Xn: Features, scores: Scores, components: int) -> PlsMap:
+    """Column mean and ``x`` rotations (features × ``components``, float32) of a partial
+    least squares fit of the score matrix (unknown cells at the model means) on ``Xn``."""
+    from sklearn.cross_decomposition import PLSRegression
+
+    if sp.issparse(Xn):
+        raise ValueError(
+            "supervised_components needs dense features (minilm, static, tfidf-svd), "
+            "not sparse TF-IDF rows"
+        )
+    n, d = Xn.shape
+    c = check_int("supervised_components", components, 1)
+    if c > min(n - 1, d):
+        raise ValueError(
+            f"supervised_components={c} exceeds what {n} prompts × {d} features allow "
+            f"(at most {min(n - 1, d)})"
+        )
+    x = np.asarray(Xn, dtype=np.float64)
+    y = np.where(scores.M, scores.Y, scores.prior)
+    pls = PLSRegression(n_components=c, scale=False).fit(x, y)
+    mean = x.mean(axis=0).astype(np.float32)
+    return mean, np.asarray(pls.x_rotations_, dtype=np.float32)
 
 
 def _loo_search(
