@@ -37,7 +37,10 @@ scores covary most with the training score matrix (unknown cells at the model me
 row is then searched as ``[t̂, x] / √2``, its unit PLS scores ``t̂ = (x − x̄) R`` beside the
 embedding itself, so the similarity is the mean of the two cosines: prompts must read alike
 and sit alike along the directions that move the models' scores (a supervised metric for
-the neighbour search, as in metric-learning kNN, Weinberger & Saul 2009).
+the neighbour search, as in metric-learning kNN, Weinberger & Saul 2009). ``k``, ``τ`` and
+``α`` are then chosen by leave-one-out in that space; the map itself saw every training
+row's scores, so that choice is slightly optimistic (judge the option on held-out prompts,
+as ``benchmarks/bench_dev.py`` does).
 """
 
 from __future__ import annotations
