@@ -24,6 +24,7 @@ Writes ``OUT/dev/dev.json`` and ``dev.md``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
@@ -117,8 +118,14 @@ def run_cut(
     name: str, salt: str, routers: list[str], variants: list[list[str]], fraction: float
 ) -> dict[str, Any]:
     """:func:`dev_aiq` of one cut from picklable arguments (a ``--jobs`` worker's task)."""
-    train = load_table(name).split("train")  # the test split is never passed on
-    return dev_aiq(name, train, entries_for(routers, variants), salt, fraction)
+    return dev_aiq(name, train_split(name), entries_for(routers, variants), salt, fraction)
+
+
+@functools.cache
+def train_split(name: str) -> OutcomeTable:
+    """Data set ``name``'s train split, loaded once per process (the test split is never
+    passed on)."""
+    return load_table(name).split("train")
 
 
 def markdown(

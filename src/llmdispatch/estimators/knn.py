@@ -228,7 +228,7 @@ class KNNEstimator(QualityEstimator):
     def predict(self, X: Features) -> FloatMatrix:
         """Expected quality ``Q[n, m]`` of each model on each query."""
         self._check_fitted()
-        supervised = getattr(self, "supervised_", None) is not None
+        supervised = self.supervised_ is not None
         if sp.issparse(X) and X.shape[0] <= FEW_ROWS and not supervised:
             return self._predict_few(sp.csr_matrix(X))
         Xq = check_features(X)
@@ -264,7 +264,7 @@ class KNNEstimator(QualityEstimator):
         :meth:`predict` without building sparse matrices, whose construction costs more than
         the maths (the live path)."""
         self._check_fitted()
-        if getattr(self, "supervised_", None) is not None:
+        if self.supervised_ is not None:
             raise ValueError("a kNN with supervised_components searches dense features only")
         if row.n_features != self.n_features_:
             raise ValueError(
@@ -345,7 +345,7 @@ class KNNEstimator(QualityEstimator):
     def get_state(self) -> dict[str, Any]:
         """Training rows, scores and the chosen hyper-parameters."""
         self._check_fitted()
-        pls: PlsMap | None = getattr(self, "supervised_", None)
+        pls = self.supervised_
         return {
             "models": list(self.models_),
             "X_train": features_state(self.X_train_),
