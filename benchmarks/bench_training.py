@@ -10,7 +10,16 @@ training prompts when the ``embeddings`` extra is installed. Per estimator: ``fi
 batch ``predict`` µs per query on the test split, peak resident memory added by ``fit``
 (Linux: the high-water mark is reset through ``/proc/self/clear_refs`` before each fit) and
 the test split's mean score when routing to ``argmax Q`` (a sanity check, not a benchmark).
-A fit over ``--flag-seconds`` (60 s) is flagged. Writes ``OUT/training/training.{json,md}``.
+A fit over ``--flag-seconds`` (60 s) is flagged.
+
+Then the benchmark's routers that fit several estimators (``--routers``, default the tuned
+kNN, the encoder ensemble and the six-member stack of ``llmdispatch bench``: members, a
+choice on validation, a refit) are fitted end to end on the same train split, once per
+``--router-jobs`` value (default: 1 thread, then one per core), side by side: wall and CPU
+seconds, the speed-up over one thread, and whether the test split's estimates are identical
+to the one-thread router's (they must be). MiniLM encodings come from the on-disk encoding
+cache as in ``llmdispatch bench`` (filled on the first run). Writes
+``OUT/training/training.{json,md}``.
 """
 
 from __future__ import annotations
@@ -31,7 +40,9 @@ from rich.table import Table
 
 from llmdispatch.data.locate import available_datasets, load_table
 from llmdispatch.data.table import OutcomeTable
+from llmdispatch.evaluation.suites.routers import ROUTERS
 from llmdispatch.features import TfidfEncoder
+from llmdispatch.policies.router import Router
 from llmdispatch.registry import REGISTRY
 from llmdispatch.types import Features
 
@@ -125,6 +136,77 @@ def time_minilm(texts: list[str], n: int) -> dict[str, Any] | None:
     }
 
 
+def bench_router(
+    name: str, n_jobs: int, train: OutcomeTable, test: OutcomeTable
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Fit the benchmark router ``name`` with ``n_jobs`` threads (timed); its test ``Q̂``."""
+    gc.collect()
+    router = Router(**ROUTERS[name], n_jobs=n_jobs)
+    t0, c0 = time.perf_counter(), time.process_time()
+    router.fit(train)
+    fit_s, fit_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    row = {
+        "router": f"router-{name}",
+        "n_jobs": n_jobs,
+        "fit_s": fit_s,
+        "fit_cpu_s": fit_cpu_s,
+        "members": len(router._member_specs()),
+        "kept": list(router.member_labels_),
+    }
+    return row, router.quality_table(test)
+
+
+def bench_routers(
+    names: list[str], jobs: list[int], train: OutcomeTable, test: OutcomeTable
+) -> list[dict[str, Any]]:
+    """:func:`bench_router` for every name and thread count; speed-up and sameness are
+    relative to the first thread count."""
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        first: tuple[dict[str, Any], np.ndarray] | None = None
+        for n_jobs in jobs:
+            try:
+                row, Q = bench_router(name, n_jobs, train, test)
+            except Exception as exc:  # report and go on
+                console.print(f"[red]router-{name}: {type(exc).__name__}: {exc}[/red]")
+                rows.append({"router": f"router-{name}", "n_jobs": n_jobs, "error": str(exc)})
+                continue
+            if first is None:
+                first = (row, Q)
+            row["speedup"] = first[0]["fit_s"] / row["fit_s"]
+            row["max_abs_diff"] = float(np.abs(Q - first[1]).max())
+            console.print(
+                f"fitted router-{name} with n_jobs={n_jobs} in {row['fit_s']:.1f} s "
+                f"({row['fit_cpu_s']:.1f} s CPU)"
+            )
+            rows.append(row)
+    return rows
+
+
+def router_lines(rows: list[dict[str, Any]], limit: float) -> list[str]:
+    """The routers' Markdown table."""
+    lines = [
+        "",
+        "Benchmark routers fitted end to end (members, choice on validation, refit), one "
+        "thread and more side by side; MiniLM encodings from the encoding cache.",
+        "",
+        "| router | n_jobs | members fitted | fit s | fit CPU s | speed-up | same estimates "
+        "| flag |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['router']} | {r['n_jobs']} | | | | | | error: {r['error']} |")
+            continue
+        same = "yes" if r["max_abs_diff"] == 0 else f"no (max |ΔQ| {r['max_abs_diff']:.2g})"
+        flag = f"over {limit:.0f} s" if r["fit_s"] > limit else ""
+        lines.append(
+            f"| {r['router']} | {r['n_jobs']} | {r['members']} | {r['fit_s']:.1f} | "
+            f"{r['fit_cpu_s']:.1f} | {r['speedup']:.2f}× | {same} | {flag} |"
+        )
+    return lines
+
+
 #: Table columns: header, row key, number format.
 COLUMNS = (
     ("fit s", "fit_s", ".2f"),
@@ -148,10 +230,18 @@ def table_cells(row: dict[str, Any], limit: float) -> list[str]:
     return [*cells, flag]
 
 
-def write_outputs(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
+def write_outputs(
+    out: Path,
+    meta: dict[str, Any],
+    rows: list[dict[str, Any]],
+    router_rows: list[dict[str, Any]] | None = None,
+) -> Path:
     """``training.json`` and ``training.md`` in ``out``; returns the Markdown path."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "training.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    router_rows = router_rows or []
+    (out / "training.json").write_text(
+        json.dumps({"meta": meta, "rows": rows, "routers": router_rows}, indent=1)
+    )
     enc = meta["tfidf"]
     lines = [
         f"Estimator training time on `{meta['data']}` ({meta['train_prompts']} training prompts, "
@@ -171,6 +261,8 @@ def write_outputs(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -
     headers = ["estimator", *(h for h, _, _ in COLUMNS), "flag"]
     lines += ["", "| " + " | ".join(headers) + " |", "|---|" + "---:|" * len(COLUMNS) + "---|"]
     lines += ["| " + " | ".join(table_cells(r, meta["flag_seconds"])) + " |" for r in rows]
+    if router_rows:
+        lines += router_lines(router_rows, meta["flag_seconds"])
     (out / "training.md").write_text("\n".join(lines) + "\n")
     return out / "training.md"
 
@@ -183,6 +275,20 @@ def main() -> None:
     ap.add_argument("--max-train", type=int, default=None, help="subsample the train split")
     ap.add_argument("--minilm-prompts", type=int, default=1000, help="0 skips MiniLM")
     ap.add_argument("--flag-seconds", type=float, default=60.0)
+    ap.add_argument(
+        "--routers",
+        nargs="*",
+        default=["knn", "knn-ensemble", "stack"],
+        choices=sorted(ROUTERS),
+        help="benchmark routers fitted end to end (none: skip)",
+    )
+    ap.add_argument(
+        "--router-jobs",
+        nargs="+",
+        type=int,
+        default=None,
+        help="thread counts to fit them with (default: 1 and one per core)",
+    )
     ap.add_argument("--out", type=Path, default=Path("results"))
     args = ap.parse_args()
     from threadpoolctl import threadpool_limits
@@ -220,6 +326,11 @@ def main() -> None:
             continue
         console.print(f"fitted {name} in {row['fit_s']:.1f} s ({row['fit_cpu_s']:.1f} s CPU)")
         rows.append(row)
+    cores = len(os.sched_getaffinity(0))
+    jobs = args.router_jobs or sorted({1, cores})
+    if any(j < 1 for j in jobs):
+        ap.error(f"--router-jobs takes thread counts >= 1, got {jobs}")
+    router_rows = bench_routers(args.routers, jobs, train, test)
     meta = {
         "data": str(data),
         "train_prompts": train.n_prompts,
@@ -230,10 +341,10 @@ def main() -> None:
         "minilm": minilm,
         "flag_seconds": args.flag_seconds,
         "load_average": " / ".join(f"{v:.1f}" for v in os.getloadavg()),
-        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
+        "machine": f"{platform.machine()}, {cores} cores, "
         f"Python {platform.python_version()}, 1 BLAS thread",
     }
-    md = write_outputs(args.out / "training", meta, rows)
+    md = write_outputs(args.out / "training", meta, rows, router_rows)
     tab = Table(title=f"fit time on {data} ({train.n_prompts} train prompts)")
     tab.add_column("estimator", no_wrap=True)
     for header, _, _ in COLUMNS:
@@ -242,6 +353,8 @@ def main() -> None:
     for r in rows:
         tab.add_row(*table_cells(r, args.flag_seconds))
     console.print(tab)
+    if router_rows:
+        console.print("\n".join(router_lines(router_rows, args.flag_seconds)))
     console.print(f"wrote {md}")
 
 

@@ -273,9 +273,13 @@ def test_training_benchmark_writes_its_table(
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_training.py"
     args = ["--data", str(shared_data(REAL_SET)), "--max-train", "200", "--minilm-prompts", "0"]
     args += ["--estimators", "knn", "linear", "rules", "--out", str(tmp_path)]
+    args += ["--routers", "knn-ensemble", "--router-jobs", "1", "2"]
     subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True)
     doc = json.loads((tmp_path / "training" / "training.json").read_text())
     rows = {r["estimator"]: r for r in doc["rows"]}
     assert rows["knn"]["fit_s"] > 0 and rows["linear"]["predict_us_per_query"] > 0
     assert "skipped" in rows["rules"]
-    assert "| knn |" in (tmp_path / "training" / "training.md").read_text()
+    assert [r["n_jobs"] for r in doc["routers"]] == [1, 2]
+    assert all(r["max_abs_diff"] == 0 and r["members"] == 2 for r in doc["routers"])
+    md = (tmp_path / "training" / "training.md").read_text()
+    assert "| knn |" in md and "| router-knn-ensemble | 2 | 2 |" in md

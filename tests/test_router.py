@@ -387,6 +387,30 @@ def test_stack_weights_from_out_of_fold_estimates(tmp_path: Path) -> None:
         Router(members=members, weight_folds=10).fit(train.take(np.arange(12)), validation)
 
 
+def test_members_fitted_on_threads_give_the_same_router(tmp_path: Path) -> None:
+    """``n_jobs`` fits members, out-of-fold copies and the refit side by side; each is
+    fitted as alone, so every choice and estimate equals the one-thread router's."""
+    table = noisy_planted(240, seed=6)
+    train, validation = table.take(np.arange(0, 160)), table.take(np.arange(160, 240))
+    members = [{"estimator": "knn"}, {"estimator": "linear"}, {"estimator": "embedllm"}]
+    params = {"members": members, "weight_folds": 3, "refit": True}
+    one = Router(**params).fit(train, validation)
+    threads = Router(**params, n_jobs=2).fit(train, validation)
+    assert threads.member_scores_ == one.member_scores_
+    assert threads.trained_on_ == one.trained_on_
+    np.testing.assert_array_equal(threads.quality_table(validation), one.quality_table(validation))
+    every_core = Router(**params, n_jobs=-1).fit(train, validation)
+    np.testing.assert_array_equal(
+        every_core.quality_table(validation), one.quality_table(validation)
+    )
+    save_artifact(tmp_path / "threads", threads)
+    again, _ = load_artifact(tmp_path / "threads")
+    assert again.n_jobs == 2
+    for bad in (0, -2):
+        with pytest.raises(RouterError, match="n_jobs must be >= 1 or -1"):
+            Router(members=members, n_jobs=bad)
+
+
 def test_auto_encoder_chosen_on_out_of_fold_estimates_too() -> None:
     """``encoder="auto"`` with ``weight_folds`` judges each candidate on out-of-fold
     estimates of the training rows together with validation, and keeps the best."""

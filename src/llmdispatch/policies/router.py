@@ -14,10 +14,11 @@ cheaper model. Sweeping ``λ`` traces the cost/quality curve; calibration
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping, Sequence
+import os
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -56,6 +57,18 @@ PREFETCH_MIN_QUERIES = 4
 
 #: Unit-free λ values swept offline: 0 (quality only) up to "cheapest model always".
 DEFAULT_LAMBDAS: tuple[float, ...] = (0.0, *np.geomspace(1e-3, 1e3, 61).round(6).tolist())
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def resolve_jobs(n_jobs: int) -> int:
+    """Threads for ``n_jobs``: itself, or with ``-1`` the cores this process may use."""
+    if n_jobs != -1:
+        return n_jobs
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every core
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 class RouterError(ValueError):
@@ -128,6 +141,11 @@ class Router(Policy):
         those estimates (its λ sweep), which judges members by the decisions they lead to
         rather than by their calibration, so a member with well-ranked but badly scaled
         estimates can still earn weight.
+    n_jobs : threads that fit the members of an ensemble or a stack side by side (and the
+        out-of-fold copies of ``weight_folds``, and the refit); ``-1``: one per available
+        core. The fits are numpy, BLAS and scikit-learn calls that mostly release the GIL,
+        and each member is fitted exactly as alone, so the router is the same whatever
+        ``n_jobs`` is (``benchmarks/bench_training.py`` measures the gain).
     """
 
     knob_name: ClassVar[str] = "lambda"
@@ -148,6 +166,7 @@ class Router(Policy):
         weight_folds: int = 0,
         refit: bool = False,
         weight_metric: str = "brier",
+        n_jobs: int = 1,
     ) -> None:
         self.estimator = estimator
         self.estimator_params = dict(estimator_params or {})
@@ -183,6 +202,9 @@ class Router(Policy):
                 f"weight_metric must be one of {list(WEIGHT_METRICS)}, got {weight_metric!r}"
             )
         self.weight_metric = weight_metric
+        if n_jobs == 0 or n_jobs < -1:
+            raise RouterError(f"n_jobs must be >= 1 or -1 (one per core), got {n_jobs}")
+        self.n_jobs = n_jobs
         if self.members is not None:
             if not self.members:
                 raise RouterError("members must name at least one estimator")
@@ -274,8 +296,7 @@ class Router(Policy):
         specs = self._member_specs()
         by_label = {spec.label: spec for spec in specs}
         chosen = specs if len(specs) == 1 else [by_label[lb] for lb in self.member_labels_]
-        texts = table.full_prompts()
-        refitted = [self._fit_member(spec, table, texts) for spec in chosen]
+        refitted = self._fit_members(chosen, table, table.full_prompts())
         self._set_members(refitted, self.weights_.tolist(), list(self.member_labels_))
         self.trained_on_["refit_prompts"] = int(table.n_prompts)
 
@@ -286,6 +307,20 @@ class Router(Policy):
         est: QualityEstimator = REGISTRY.get("estimator", spec.estimator)(**spec.estimator_params)
         X = encode_with_cache(encoder, texts) if self.cache_encodings else encoder.encode(texts)
         return encoder, est.fit(train, X)
+
+    def _fit_members(
+        self, specs: Sequence[MemberSpec], train: OutcomeTable, texts: list[str]
+    ) -> list[tuple[Encoder, QualityEstimator]]:
+        """:meth:`_fit_member` of every spec, on ``n_jobs`` threads; in the specs' order."""
+        return self._map(lambda spec: self._fit_member(spec, train, texts), specs)
+
+    def _map(self, fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+        """``fn`` of every item, on up to ``n_jobs`` threads; results in the items' order."""
+        threads = min(len(items), resolve_jobs(self.n_jobs))
+        if threads <= 1:
+            return [fn(item) for item in items]
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(fn, items))
 
     def _set_members(
         self,
@@ -317,12 +352,18 @@ class Router(Policy):
         ``encoder="auto"`` keeps the best one, an ensemble or a stack the convex weights
         whose mixture scores best."""
         texts, val_texts = train.full_prompts(), validation.full_prompts()
-        members: list[tuple[Encoder, QualityEstimator]] = []
-        predictions: list[FloatMatrix] = []
-        for spec in specs:
+
+        def fit_and_ask(spec: MemberSpec) -> tuple[Encoder, QualityEstimator, FloatMatrix]:
             encoder, est = self._fit_member(spec, train, texts)
-            predictions.append(self._full(est.predict(self._encode_texts(encoder, val_texts)), est))
-            members.append((encoder, est))
+            return (
+                encoder,
+                est,
+                self._full(est.predict(self._encode_texts(encoder, val_texts)), est),
+            )
+
+        fitted = self._map(fit_and_ask, specs)
+        members = [(encoder, est) for encoder, est, _ in fitted]
+        predictions = [estimates for _, _, estimates in fitted]
         admitted = self._admitted(members)
         loss = self._mix_loss(train, validation, admitted)
         if self.weight_folds:
@@ -382,16 +423,22 @@ class Router(Policy):
                 f"training prompts (two per fold); the table has {train.n_prompts}"
             )
         texts = train.full_prompts()
+        folds = list(kfold_indices(train.n_prompts, self.weight_folds))
+        parts = [
+            (train.take(fit_rows), [texts[r] for r in fit_rows], [texts[r] for r in held_rows])
+            for fit_rows, held_rows in folds
+        ]
+
+        def held_out(job: tuple[int, int]) -> FloatMatrix:
+            fold, i = job
+            part, part_texts, held_texts = parts[fold]
+            encoder, est = self._fit_member(specs[i], part, part_texts)
+            return self._full(est.predict(self._encode_texts(encoder, held_texts)), est)
+
+        jobs = [(fold, i) for fold in range(len(folds)) for i in range(len(specs))]
         out = [np.zeros((train.n_prompts, len(self.models_))) for _ in specs]
-        for fit_rows, held_rows in kfold_indices(train.n_prompts, self.weight_folds):
-            part = train.take(fit_rows)
-            part_texts = [texts[i] for i in fit_rows]
-            held_texts = [texts[i] for i in held_rows]
-            for i, spec in enumerate(specs):
-                encoder, est = self._fit_member(spec, part, part_texts)
-                out[i][held_rows] = self._full(
-                    est.predict(self._encode_texts(encoder, held_texts)), est
-                )
+        for (fold, i), estimates in zip(jobs, self._map(held_out, jobs), strict=True):
+            out[i][folds[fold][1]] = estimates
         return out
 
     def _calibrate(self, target: CalibrationTarget, validation: OutcomeTable | None) -> None:
@@ -646,6 +693,7 @@ class Router(Policy):
                 "weight_folds": self.weight_folds,
                 "refit": self.refit,
                 "weight_metric": self.weight_metric,
+                "n_jobs": self.n_jobs,
                 "members": (
                     None
                     if self.members is None
