@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import re
 import shutil
 import subprocess
@@ -104,6 +105,26 @@ def section(md: Path, img_src: Path, img_dst: Path, prefix: str, demote: int = 1
     return [*lines, ""]
 
 
+def environment() -> dict[str, str]:
+    """The commit and the versions of Python and of the libraries the numbers depend on
+    (solvers and MiniLM's encodings move slightly between library versions)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    env = {"commit": commit or "unknown", "python": platform.python_version()}
+    for name in ("numpy", "scipy", "scikit-learn", "torch", "sentence-transformers"):
+        try:
+            env[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return env
+
+
 def main() -> None:
     """Run the benchmarks (unless ``--skip-run``) and write the document."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -119,11 +140,13 @@ def main() -> None:
     )
     args = ap.parse_args()
     out = args.out.resolve()
-    times_file = out / "wall-times.json"
+    times_file, env_file = out / "wall-times.json", out / "environment.json"
     if not args.skip_run:
         times_file.parent.mkdir(parents=True, exist_ok=True)
+        env_file.write_text(json.dumps(environment()))  # before the run, as it starts
         times_file.write_text(json.dumps(run_all(out, args.bootstrap, args.jobs)))
     times: dict[str, float] = json.loads(times_file.read_text()) if times_file.is_file() else {}
+    env: dict[str, str] = json.loads(env_file.read_text()) if env_file.is_file() else {}
     docs = ROOT / "docs"
     img = docs / "img"
     img.mkdir(parents=True, exist_ok=True)
@@ -136,6 +159,15 @@ def main() -> None:
         "test split, never tuned on test.",
         "",
     ]
+    if env:
+        lines += [
+            "Run at commit "
+            + env.get("commit", "unknown")
+            + " with "
+            + ", ".join(f"{k} {v}" for k, v in env.items() if k != "commit")
+            + ".",
+            "",
+        ]
     if times:
         lines += [
             "Wall time (bench in one lane beside the studies, overhead alone after): "
