@@ -296,7 +296,8 @@ class Router(Policy):
         specs = self._member_specs()
         by_label = {spec.label: spec for spec in specs}
         chosen = specs if len(specs) == 1 else [by_label[lb] for lb in self.member_labels_]
-        refitted = self._fit_members(chosen, table, table.full_prompts())
+        texts = table.full_prompts()
+        refitted = self._map(lambda spec: self._fit_member(spec, table, texts), chosen)
         self._set_members(refitted, self.weights_.tolist(), list(self.member_labels_))
         self.trained_on_["refit_prompts"] = int(table.n_prompts)
 
@@ -307,12 +308,6 @@ class Router(Policy):
         est: QualityEstimator = REGISTRY.get("estimator", spec.estimator)(**spec.estimator_params)
         X = encode_with_cache(encoder, texts) if self.cache_encodings else encoder.encode(texts)
         return encoder, est.fit(train, X)
-
-    def _fit_members(
-        self, specs: Sequence[MemberSpec], train: OutcomeTable, texts: list[str]
-    ) -> list[tuple[Encoder, QualityEstimator]]:
-        """:meth:`_fit_member` of every spec, on ``n_jobs`` threads; in the specs' order."""
-        return self._map(lambda spec: self._fit_member(spec, train, texts), specs)
 
     def _map(self, fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
         """``fn`` of every item, on up to ``n_jobs`` threads; results in the items' order."""
