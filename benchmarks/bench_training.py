@@ -43,7 +43,7 @@ from llmdispatch.data.table import OutcomeTable
 from llmdispatch.evaluation.suites.routers import ROUTERS
 from llmdispatch.features import TfidfEncoder
 from llmdispatch.features.cache import encode_with_cache
-from llmdispatch.policies.router import Router
+from llmdispatch.policies.router import Router, resolve_jobs
 from llmdispatch.registry import REGISTRY
 from llmdispatch.types import Features
 
@@ -327,7 +327,7 @@ def main() -> None:
             continue
         console.print(f"fitted {name} in {row['fit_s']:.1f} s ({row['fit_cpu_s']:.1f} s CPU)")
         rows.append(row)
-    cores = len(os.sched_getaffinity(0))
+    cores = resolve_jobs(-1)
     jobs = args.router_jobs or sorted({1, cores})
     if any(j < 1 for j in jobs):
         ap.error(f"--router-jobs takes thread counts >= 1, got {jobs}")

@@ -91,6 +91,21 @@ def test_partial_hits_encode_only_missing_texts_once(prompts: list[str], tmp_pat
     assert not list(cache.folder(enc.key).glob(".*"))  # no temporary files left
 
 
+def test_threads_wanting_the_same_rows_encode_them_once(prompts: list[str], tmp_path: Path) -> None:
+    """Two threads (as a router fitting members side by side) ask for the same encodings at
+    once: one encodes, the other reads its part; a different encoder is not held up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    enc = CountingEncoder(ScalarEncoder())
+    other = CountingEncoder(TfidfEncoder().fit(prompts))
+    jobs = [(enc, prompts[:100]), (enc, prompts[:100]), (enc, prompts[50:120]), (other, prompts)]
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda job: encode_with_cache(job[0], job[1], tmp_path), jobs))
+    assert sorted(enc.seen) == sorted(prompts[:120]) and len(other.seen) == len(prompts)
+    for (encoder, texts), out in zip(jobs, outs, strict=True):
+        assert _same(out, encoder.inner.encode(texts))
+
+
 def test_keys_separate_fitted_encoders(prompts: list[str], tmp_path: Path) -> None:
     a = CountingEncoder(TfidfEncoder().fit(prompts[:100]))
     b = CountingEncoder(TfidfEncoder().fit(prompts[:200]))

@@ -3,7 +3,9 @@
 Layout: ``<cache_dir>/<encoder key, sanitised>-<digest>/part-*.npz``. Each part holds the
 BLAKE2b-128 digests of its texts and their rows (a dense array, or CSR arrays for sparse
 encoders). Parts are written to a temporary file and renamed into place, so a reader never
-sees a half-written part and concurrent writers never clobber each other; ``.npz`` is read
+sees a half-written part and concurrent writers never clobber each other (threads of one
+process asking for the same encoder's rows wait for each other, so each text is encoded once);
+``.npz`` is read
 with ``allow_pickle=False``. The default folder is ``<cache root>/encodings`` where the
 cache root is ``$LLMDISPATCH_CACHE``, else ``$XDG_CACHE_HOME/llmdispatch``, else
 ``~/.cache/llmdispatch``.
@@ -15,6 +17,7 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self, cast
@@ -31,6 +34,15 @@ from llmdispatch.types import Features
 
 CACHE_ENV = "LLMDISPATCH_CACHE"
 _DIGEST_BYTES = 16
+#: One lock per cache folder: threads of one process that want the same encodings (a
+#: router fitting members side by side) encode the missing texts once, the others read them.
+_FOLDER_LOCKS: dict[Path, threading.Lock] = {}
+_FOLDER_LOCKS_GUARD = threading.Lock()
+
+
+def _folder_lock(folder: Path) -> threading.Lock:
+    with _FOLDER_LOCKS_GUARD:
+        return _FOLDER_LOCKS.setdefault(folder, threading.Lock())
 
 
 def cache_root() -> Path:
@@ -74,18 +86,19 @@ class EncodingCache:
         if not texts:
             return encoder.encode(texts)
         key = encoder.key
-        index, parts = self._load(key)
         digests = text_digests(texts)
         keys = _split(digests)
-        missing: dict[bytes, int] = {}
-        for i, d in enumerate(keys):
-            if d not in index and d not in missing:
-                missing[d] = i
-        if missing:
-            todo = list(missing.values())
-            rows = encoder.encode([texts[i] for i in todo])
-            self._append(key, digests[todo], rows, index, parts)
-        return _gather(parts, [index[d] for d in keys])
+        with _folder_lock(self.folder(key)):
+            index, parts = self._load(key)
+            missing: dict[bytes, int] = {}
+            for i, d in enumerate(keys):
+                if d not in index and d not in missing:
+                    missing[d] = i
+            if missing:
+                todo = list(missing.values())
+                rows = encoder.encode([texts[i] for i in todo])
+                self._append(key, digests[todo], rows, index, parts)
+            return _gather(parts, [index[d] for d in keys])
 
     def _load(self, key: str) -> tuple[dict[bytes, tuple[int, int]], list[Features]]:
         if key not in self._index:
