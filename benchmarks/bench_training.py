@@ -151,7 +151,7 @@ def bench_router(
         "n_jobs": n_jobs,
         "fit_s": fit_s,
         "fit_cpu_s": fit_cpu_s,
-        "members": len(router._member_specs()),
+        "members": len(router.member_specs()),
         "kept": list(router.member_labels_),
     }
     return row, router.quality_table(test)

@@ -360,9 +360,9 @@ def test_stack_weights_from_out_of_fold_estimates(tmp_path: Path) -> None:
     router = Router(members=members, weight_folds=4).fit(train, validation)
     # Every training row is estimated by copies fitted without its fold, not by the
     # members that saw it: the first fold, refitted by hand, gives the same numbers.
-    out_of_fold = router._out_of_fold(router._member_specs(), train)
+    out_of_fold = router._out_of_fold(router.member_specs(), train)
     fit_rows, held = next(kfold_indices(train.n_prompts, 4))
-    for spec, oof in zip(router._member_specs(), out_of_fold, strict=True):
+    for spec, oof in zip(router.member_specs(), out_of_fold, strict=True):
         alone = Router(estimator=spec.estimator).fit(train.take(fit_rows))
         np.testing.assert_allclose(oof[held], alone.quality_table(train.take(held)))
     in_sample = Router(estimator="knn").fit(train).quality_table(train)
@@ -420,7 +420,7 @@ def test_auto_encoder_chosen_on_out_of_fold_estimates_too() -> None:
     train, validation = table.take(np.arange(0, 160)), table.take(np.arange(160, 240))
     params = {"encoder": "auto", "encoder_candidates": ("tfidf", "tfidf-svd")}
     router = Router(**params, weight_folds=4).fit(train, validation)
-    specs = router._member_specs()
+    specs = router.member_specs()
     out_of_fold = router._out_of_fold(specs, train)
     truth = np.vstack([np.nan_to_num(train.score), np.nan_to_num(validation.score)])
     loss = brier_loss(truth, np.vstack([train.known, validation.known]))

@@ -78,8 +78,11 @@ def _inject(value: Any, arrays: Any) -> Any:
     return value
 
 
-def save_artifact(path: Path, obj: Persistable, metadata: dict[str, Any] | None = None) -> Path:
+def save_artifact(
+    path: Path | str, obj: Persistable, metadata: dict[str, Any] | None = None
+) -> Path:
     """Write ``obj`` to folder ``path`` (created) as ``artifact.json`` + ``arrays.npz``."""
+    path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     tree = _extract(component_state(obj), arrays, "root")
@@ -91,8 +94,9 @@ def save_artifact(path: Path, obj: Persistable, metadata: dict[str, Any] | None 
     return path
 
 
-def load_artifact(path: Path) -> tuple[Any, dict[str, Any]]:
-    """Read an artifact folder; returns (component, metadata)."""
+def load_artifact(path: Path | str) -> tuple[Any, dict[str, Any]]:
+    """Read an artifact folder (or its ``artifact.json``); returns (component, metadata)."""
+    path = Path(path)
     meta_file = path / _META if path.is_dir() else path
     folder = meta_file.parent
     if not meta_file.is_file():

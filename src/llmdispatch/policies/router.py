@@ -212,11 +212,11 @@ class Router(Policy):
             if len(set(labels)) < len(labels):
                 raise RouterError(f"members need distinct names (give `name`); got {labels}")
         # Fail early on unknown names, with the registry's list of known ones.
-        for spec in self._member_specs():
+        for spec in self.member_specs():
             REGISTRY.get("estimator", spec.estimator)
             REGISTRY.get("encoder", spec.encoder)
 
-    def _member_specs(self) -> list[MemberSpec]:
+    def member_specs(self) -> list[MemberSpec]:
         """What is fitted: the stacked members, one estimator per candidate encoder
         (``auto``/``ensemble``), or the single estimator on its encoder."""
         if self.members is not None:
@@ -252,7 +252,7 @@ class Router(Policy):
             if unknown:
                 raise RouterError(f"allow names unknown models {unknown}; known: {train.models}")
         self.models_ = tuple(train.models)
-        specs = self._member_specs()
+        specs = self.member_specs()
         calibrates = self.calibrate is not None and self.calibrate.kind != "lambda"
         merged = False
         if self.refit and validation is not None and len(specs) == 1 and not calibrates:
@@ -293,7 +293,7 @@ class Router(Policy):
 
     def _refit(self, table: OutcomeTable) -> None:
         """Each kept member fitted again, from its spec, on ``table``; weights unchanged."""
-        specs = self._member_specs()
+        specs = self.member_specs()
         by_label = {spec.label: spec for spec in specs}
         chosen = specs if len(specs) == 1 else [by_label[lb] for lb in self.member_labels_]
         texts = table.full_prompts()
