@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from llmdispatch.artifacts import load_artifact, save_artifact
 from llmdispatch.data import load_table
 from llmdispatch.features import TfidfEncoder, TfidfSvdEncoder
+from llmdispatch.features.lsa import LsaProjection
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +85,28 @@ def test_batch_equals_single_and_is_deterministic(prompts: list[str]) -> None:
 
 def test_artifact_round_trip_is_bit_identical(prompts: list[str], tmp_path: Path) -> None:
     enc = TfidfEncoder(char_ngrams=(2, 4), word_weight=0.4).fit(prompts[:300])
-    save_artifact(tmp_path / "enc", enc)  # type: ignore[arg-type]
-    loaded, _ = load_artifact(tmp_path / "enc")
+    save_artifact(str(tmp_path / "enc"), enc)  # type: ignore[arg-type]  # str paths work too
+    loaded, _ = load_artifact(str(tmp_path / "enc"))
     assert isinstance(loaded, TfidfEncoder)
     assert loaded.key == enc.key
     a, b = enc.encode(prompts[300:]), loaded.encode(prompts[300:])
     assert np.array_equal(a.indices, b.indices) and np.array_equal(a.data, b.data)
     # Only the columns seen in training are stored, not a dense 2**20 vector.
     assert len(enc.get_state()["df_columns"]) == np.count_nonzero(enc.df_) < enc.n_features // 4
+
+
+def test_document_frequencies_are_held_in_the_smallest_type(prompts: list[str]) -> None:
+    enc = TfidfEncoder().fit(prompts[:300])
+    assert enc.df_.dtype == np.uint16 and enc.df_.nbytes == 2 * enc.n_features
+    assert TfidfEncoder().fit(prompts[:200]).df_.dtype == np.uint8
+    # The LSA fit picks the same columns from the compact counts as from int64 ones.
+    X = enc.encode(prompts[:300])
+    wide = np.bincount(X.indices, minlength=X.shape[1]).astype(np.int64)
+    assert np.array_equal(enc.df_, wide)
+    a = LsaProjection.fit(X, 8, max_columns=500, df=enc.df_)
+    b = LsaProjection.fit(X, 8, max_columns=500, df=wide)
+    assert np.array_equal(a.columns, b.columns)
+    assert np.array_equal(a.projection, b.projection)
 
 
 def test_unfitted_and_bad_input_errors(prompts: list[str]) -> None:

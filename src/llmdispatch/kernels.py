@@ -62,8 +62,9 @@ def warm() -> bool:
             keys.sort()
             cols, counts = k.count_sorted(keys)
         k.tfidf_weigh(cols, counts, np.ones(n_features, dtype=np.float32), n_features, 0.5)
-        position = np.full(n_features, -1, dtype=np.int32)
-        k.project(cols, counts, position, np.ones((1, 2), dtype=np.float32))
+        for dtype in (np.int16, np.int32):  # lsa.column_positions gives either
+            position = np.full(n_features, -1, dtype=dtype)
+            k.project(cols, counts, position, np.ones((1, 2), dtype=np.float32))
         sims, scores = np.linspace(0.0, 1.0, 8), np.ones((8, 2))
         for temperature in (-1.0, 0.2):
             k.knn_average(sims, 3, temperature, scores, scores, 0.1, np.ones(2))

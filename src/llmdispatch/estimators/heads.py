@@ -225,9 +225,9 @@ class LinearHeads(_PerModelHeads):
         self._check_fitted()
         self._positions()
 
-    def _positions(self) -> npt.NDArray[np.int32]:
+    def _positions(self) -> npt.NDArray[np.signedinteger[Any]]:
         """Column → its place among ``columns_`` (−1: not kept), built once."""
-        position: npt.NDArray[np.int32] | None = self.__dict__.get("_position")
+        position: npt.NDArray[np.signedinteger[Any]] | None = self.__dict__.get("_position")
         if position is None:
             position = self._position = column_positions(self.columns_, self.n_features_)
         return position

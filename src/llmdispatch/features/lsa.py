@@ -37,11 +37,16 @@ _FEW_ROWS = 8
 
 def column_positions(
     columns: npt.NDArray[np.integer[Any]], n_features: int
-) -> npt.NDArray[np.int32]:
+) -> npt.NDArray[np.signedinteger[Any]]:
     """For each of ``n_features`` columns, its place among the sorted ``columns`` (−1: not
-    kept): the map :func:`select_columns` takes."""
-    position = np.full(n_features, -1, dtype=np.int32)
-    position[columns] = np.arange(len(columns), dtype=np.int32)
+    kept): the map :func:`select_columns` takes. 16-bit when the places fit (the default
+    2¹⁴ kept columns): a serving worker holds one such 2²⁰-entry map per LSA kNN or linear
+    head it loads, and a live query reads it at scattered places."""
+    dtype: type[np.signedinteger[Any]] = (
+        np.int16 if len(columns) <= np.iinfo(np.int16).max else np.int32
+    )
+    position: npt.NDArray[np.signedinteger[Any]] = np.full(n_features, -1, dtype=dtype)
+    position[columns] = np.arange(len(columns), dtype=dtype)
     return position
 
 
@@ -80,7 +85,7 @@ class LsaProjection:
         max_rows: int = 2048,
         n_iter: int = 3,
         random_state: int = 0,
-        df: npt.NDArray[np.int64] | None = None,
+        df: npt.NDArray[np.integer[Any]] | None = None,
     ) -> LsaProjection:
         """Keep the most frequent columns (``df``: document frequencies, counted from ``X``
         when not given), then fit a truncated SVD on a sample of ``X``'s rows."""
@@ -89,8 +94,11 @@ class LsaProjection:
         if min(n_components, max_columns, max_rows) < 1:
             raise ValueError("n_components, max_columns and max_rows must be positive")
         X = sp.csr_matrix(X)
+        # int64 whatever the caller's type: the order below negates the counts.
         if df is None:
             df = np.bincount(X.indices, minlength=X.shape[1]).astype(np.int64)
+        else:
+            df = np.asarray(df, dtype=np.int64)
         seen = np.flatnonzero(df)
         order = np.lexsort((seen, -df[seen]))  # by frequency, ties by column
         columns = np.sort(seen[order[:max_columns]])
