@@ -616,6 +616,12 @@ PROFILE_NOTES = [
     "`llmdispatch_decision_batch_size` on /metrics); routed throughput on one worker rose "
     "from about 1,150 to 1,800 requests/s in a side-by-side check, and the added latency "
     "at concurrency 16 and 64 about halved.",
+    "- tracemalloc on a loaded default router found two 2²⁰-entry tables wider than their "
+    "values: the TF-IDF document frequencies as int64 (8 MiB; no count exceeds the number "
+    "of training prompts) and the LSA column map as int32 (4 MiB; 16,384 kept columns). "
+    "They are now the smallest types that hold them (uint16 and int16 on every shared "
+    "set): the router holds 17.0 MiB instead of 25.0, a loaded artifact adds 20.7 MiB "
+    "instead of 27.9 and a worker rests at 96 MiB instead of 103, with the same decisions.",
     "- What remains is the work itself: hashing the prompt's word and character n-grams "
     "and weighing them (encode), the projection, and the product with the training prompts "
     "(estimate).",
