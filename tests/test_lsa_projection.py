@@ -8,7 +8,7 @@ import scipy.sparse as sp
 
 from llmdispatch.estimators._projection import Projector
 from llmdispatch.estimators.heads import LinearHeads
-from llmdispatch.features.lsa import LsaProjection
+from llmdispatch.features.lsa import LsaProjection, column_positions, select_columns
 from llmdispatch.features.tfidf import TfidfEncoder
 from test_router import planted
 
@@ -48,3 +48,17 @@ def test_linear_design_keeps_the_seen_columns_like_scipy_indexing(rows: sp.csr_m
     np.testing.assert_array_equal(got.indptr, expected.indptr)
     np.testing.assert_array_equal(got.indices, expected.indices)
     np.testing.assert_allclose(got.data, expected.data, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("kept", "dtype"), [(1 << 14, np.int16), (1 << 15, np.int32)])
+def test_column_map_is_as_narrow_as_its_places_allow(kept: int, dtype: type) -> None:
+    columns = np.sort(np.random.default_rng(0).choice(1 << 20, kept, replace=False))
+    position = column_positions(columns, 1 << 20)
+    assert position.dtype == dtype
+    assert np.array_equal(position[columns], np.arange(kept))
+    assert np.count_nonzero(position >= 0) == kept
+    # select_columns renumbers through either width alike.
+    X = sp.random(5, 1 << 20, density=1e-3, format="csr", random_state=1, dtype=np.float32)
+    wide = select_columns(X, position.astype(np.int64), kept)
+    narrow = select_columns(X, position, kept)
+    assert (wide != narrow).nnz == 0 and np.array_equal(wide.indices, narrow.indices)
