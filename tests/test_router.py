@@ -176,6 +176,12 @@ def test_train_and_route_commands(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["train", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.yaml:4: validation_fraction" in err
+    # A bad calibration target is reported at its line, without pydantic's input dump.
+    bad.write_text(f"data: {data}\nout: x\ncalibrate: {{quality_fraction: 1.5}}\n")
+    assert main(["train", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml:3: calibrate: Value error, quality_fraction must be in [0, 1]" in err
+    assert "errors.pydantic.dev" not in err and "input_value" not in err
     assert main(["route", str(tmp_path / "missing"), "hi"]) == 2
 
 

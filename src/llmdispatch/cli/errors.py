@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pydantic import ValidationError
+
 from llmdispatch.artifacts import ArtifactError
 from llmdispatch.data.builder import DataError
 from llmdispatch.registry import UnknownComponentError
@@ -30,8 +32,19 @@ def run_command(args: argparse.Namespace) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except INPUT_ERRORS as exc:
-        print(f"llmdispatch {args.command}: error: {exc}", file=sys.stderr)
+        print(f"llmdispatch {args.command}: error: {describe(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except (RuntimeError, OSError) as exc:
         print(f"llmdispatch {args.command}: failed: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
+
+
+def describe(exc: BaseException) -> str:
+    """The error's message; a pydantic validation error as one line per problem (where, what),
+    without pydantic's input dump and documentation link."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    problems = [
+        f"{'.'.join(str(p) for p in err['loc']) or exc.title}: {err['msg']}" for err in exc.errors()
+    ]
+    return "invalid " + exc.title + ("\n  " + "\n  ".join(problems))

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmdispatch.yamlconfig import load_yaml_model
 
@@ -32,6 +32,16 @@ class TrainConfig(BaseModel):
     models: list[str] | None = Field(default=None, description="keep only these models")
     validation_fraction: float = Field(default=0.25, gt=0, lt=1)
     allow_pickle: bool = False
+
+    @field_validator("calibrate")
+    @classmethod
+    def _known_target(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Check the target here, so that a bad one is reported at its line of the file."""
+        if value is not None:
+            from llmdispatch.policies.calibrate import CalibrationTarget
+
+            CalibrationTarget.model_validate(value)
+        return value
 
     def policy_params(self) -> dict[str, Any]:
         """Constructor arguments of the policy: ``params`` plus the router shortcuts."""
