@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from llmdispatch.cli.errors import EXIT_RUNTIME, EXIT_USAGE, run_command
+from llmdispatch.cli.errors import EXIT_BROKEN_PIPE, EXIT_RUNTIME, EXIT_USAGE, run_command
 from llmdispatch.policies.calibrate import CalibrationTarget
 
 
@@ -36,3 +36,8 @@ def test_other_errors_keep_their_message_and_code(capsys: pytest.CaptureFixture[
     assert capsys.readouterr().err == "llmdispatch train: error: bad value\n"
     assert run_command(_args(RuntimeError("upstream down"))) == EXIT_RUNTIME
     assert capsys.readouterr().err == "llmdispatch train: failed: upstream down\n"
+
+
+def test_a_closed_pipe_ends_quietly(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_command(_args(BrokenPipeError(32, "Broken pipe"))) == EXIT_BROKEN_PIPE
+    assert capsys.readouterr().err == ""

@@ -183,6 +183,10 @@ def test_train_and_route_commands(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "bad.yaml:3: calibrate: Value error, quality_fraction must be in [0, 1]" in err
     assert "errors.pydantic.dev" not in err and "input_value" not in err
     assert main(["route", str(tmp_path / "missing"), "hi"]) == 2
+    capsys.readouterr()
+    assert main(["route", str(tmp_path / "art"), "hi", "--only", "nosuch", table.models[0]]) == 2
+    err = capsys.readouterr().err
+    assert "--only names models this artifact does not know: nosuch; known: " in err
 
 
 def test_encoder_is_chosen_on_validation() -> None:

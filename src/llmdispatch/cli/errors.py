@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 from pydantic import ValidationError
@@ -13,6 +15,9 @@ from llmdispatch.registry import UnknownComponentError
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 3
+#: The reader of stdout went away (`... | head`): what rich exits with when its tables meet
+#: a closed pipe, so every command ends alike.
+EXIT_BROKEN_PIPE = 1
 
 #: Error types that mean "bad input or usage" (exit 2). Others are runtime failures (exit 3).
 INPUT_ERRORS: tuple[type[BaseException], ...] = (
@@ -31,6 +36,12 @@ def run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Stop quietly; stdout points at /dev/null so that the interpreter's final flush
+        # does not fail again.
+        with contextlib.suppress(OSError, ValueError):  # stdout is no file (captured)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except INPUT_ERRORS as exc:
         print(f"llmdispatch {args.command}: error: {describe(exc)}", file=sys.stderr)
         return EXIT_USAGE

@@ -47,6 +47,14 @@ def run(args: argparse.Namespace) -> int:
             modalities=frozenset({"text", "image"}),
         )
     allowed = frozenset(args.only) if args.only else None
+    known = getattr(policy, "models_", None) or getattr(policy, "rungs", None)
+    if allowed and known:
+        unknown = sorted(allowed - set(known))
+        if unknown:
+            raise ValueError(
+                f"--only names models this artifact does not know: {', '.join(unknown)}; "
+                f"known: {', '.join(known)}"
+            )
     plan = policy.explain(query, allowed)
     if args.json:
         doc = {
