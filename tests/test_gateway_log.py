@@ -228,6 +228,13 @@ def test_export_of_nothing_is_an_error(tmp_path: Path) -> None:
         export_table(url)
 
 
+def test_export_of_a_missing_sqlite_file_is_an_error_and_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.db"
+    with pytest.raises(DataError, match="no such request log"):
+        read_log(str(missing))
+    assert not missing.exists()
+
+
 def test_export_log_command_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = str(tmp_path / "log.sqlite")
     _traffic(url)
