@@ -122,7 +122,24 @@ def environment() -> dict[str, str]:
             env[name] = version(name)
         except PackageNotFoundError:
             continue
+    env["BLAS"] = blas_kernels()
     return env
+
+
+def blas_kernels() -> str:
+    """The BLAS libraries numpy and scipy load, with the CPU kernel OpenBLAS picked for this
+    machine: the iterative solvers' last digits follow it, so runs on hosts of other CPU
+    generations differ slightly with the same code and versions."""
+    import scipy.linalg  # noqa: F401  (loads scipy's own BLAS, if it has one)
+    from threadpoolctl import threadpool_info
+
+    found = {
+        f"{d['internal_api']} {d['version']}"
+        + (f" ({d['architecture']} kernel)" if d.get("architecture") else "")
+        for d in threadpool_info()
+        if d.get("user_api") == "blas"
+    }
+    return "; ".join(sorted(found)) or "unknown"
 
 
 def main() -> None:
