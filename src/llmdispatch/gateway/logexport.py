@@ -31,7 +31,7 @@ from llmdispatch.catalog import ModelCard
 from llmdispatch.data.builder import DataError, TableBuilder
 from llmdispatch.data.splits import hash_split_label
 from llmdispatch.data.table import OutcomeTable
-from llmdispatch.gateway.requestlog import FEEDBACK, REQUESTS, database_url, engine_for
+from llmdispatch.gateway.requestlog import FEEDBACK, REQUESTS, engine_for, sqlite_file
 
 _NUMERIC = (("cost_usd", "cost_usd"), ("tokens_in", "tokens_in"), ("tokens_out", "tokens_out"))
 
@@ -135,11 +135,9 @@ def read_log(
     their feedback into common-format records (see the module docstring)."""
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    full = database_url(url)
-    if full.startswith("sqlite:///"):  # SQLite would create a missing file on connect
-        path = full[len("sqlite:///") :]
-        if path not in ("", ":memory:") and not Path(path).is_file():
-            raise DataError(f"{url}: no such request log (file not found)")
+    file = sqlite_file(url)
+    if file is not None and not file.is_file():  # SQLite would create it on connect
+        raise DataError(f"{url}: no such request log (file not found)")
     engine = engine_for(url, create=False)
     try:
         with engine.connect() as conn:

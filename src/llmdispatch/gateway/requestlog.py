@@ -74,15 +74,22 @@ def database_url(url: str) -> str:
     return url
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a log kept in a SQLite file; ``None`` for other databases and in-memory."""
+    full = database_url(url)
+    if not full.startswith("sqlite:///"):
+        return None
+    path = full[len("sqlite:///") :]
+    return Path(path) if path and path != ":memory:" else None
+
+
 def engine_for(url: str, create: bool = True) -> sa.Engine:
     """An engine for a log (see :func:`database_url`); SQLite runs in WAL mode. With
     ``create`` the tables are made if missing (and a SQLite file's folder)."""
-    full = database_url(url)
-    if full.startswith("sqlite:///") and create:
-        path = full[len("sqlite:///") :]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(full, pool_pre_ping=True)
+    file = sqlite_file(url)
+    if file is not None and create:
+        file.parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(database_url(url), pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
 
         @sa.event.listens_for(engine, "connect")
