@@ -283,3 +283,18 @@ def test_training_benchmark_writes_its_table(
     assert all(r["max_abs_diff"] == 0 and r["members"] == 2 for r in doc["routers"])
     md = (tmp_path / "training" / "training.md").read_text()
     assert "| knn |" in md and "| router-knn-ensemble | 2 | 2 |" in md
+
+
+@pytest.mark.slow
+def test_decision_after_idle_benchmark_writes_its_table(
+    shared_data: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """``benchmarks/bench_decision_after_idle.py`` on a few queries (skipped by default)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_decision_after_idle.py"
+    args = ["--data", str(shared_data(REAL_SET)), "--queries", "20", "--rounds", "1"]
+    subprocess.run([sys.executable, str(script), *args, "--out", str(tmp_path)], check=True)
+    doc = json.loads((tmp_path / "after-idle" / "after-idle.json").read_text())
+    rows = {r["condition"]: r for r in doc["rows"]}
+    assert len(rows) == 5 and rows["back to back"]["p50_vs_back_to_back"] == 1.0
+    assert all(r["p50_ms"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in rows.values())
+    assert "| after sleeping 5 ms |" in (tmp_path / "after-idle" / "after-idle.md").read_text()
