@@ -24,9 +24,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from bench_router_overhead import live_queries, time_decision  # this folder is sys.path[0]
 from llmdispatch.data.locate import load_table
 from llmdispatch.policies.router import Router
-from llmdispatch.query import Query
 
 console = Console()
 
@@ -51,8 +51,7 @@ def main() -> None:
     threadpool_limits(1)  # as the gateway runs: one BLAS thread per worker
     table = load_table(args.data)
     train, test = table.split("train"), table.split("test")
-    queries = [Query.from_text(str(p), s) for p, s in zip(test.prompts, test.systems, strict=True)]
-    queries = queries[: args.queries]
+    queries = live_queries(test)[: args.queries]
     router = Router(estimator="knn", encoder="tfidf").fit(train)
     router.warm()
     allowed = frozenset(table.models)
@@ -65,16 +64,8 @@ def main() -> None:
         "after sweeping 8 MiB": lambda: scratch.__iadd__(1.0),
     }
 
-    def decide(query: Query) -> float:
-        t0 = time.perf_counter()
-        flow = router.start(query, allowed)
-        next(flow)
-        elapsed = time.perf_counter() - t0
-        flow.close()
-        return elapsed
-
     for query in queries[:50]:  # warm-up
-        decide(query)
+        time_decision(router, query, allowed)
     samples: dict[str, list[float]] = {name: [] for name in conditions}
     chunk = 50
     for _ in range(args.rounds):
@@ -82,7 +73,7 @@ def main() -> None:
             for name, before in conditions.items():
                 for query in queries[start : start + chunk]:
                     before()
-                    samples[name].append(decide(query))
+                    samples[name].append(time_decision(router, query, allowed))
     base = float(np.median(samples["back to back"]))
     rows = [
         {

@@ -33,6 +33,7 @@ from rich.table import Table
 
 from llmdispatch import kernels
 from llmdispatch.data.locate import load_table
+from llmdispatch.data.table import OutcomeTable
 from llmdispatch.policies.router import Router
 from llmdispatch.query import Query
 
@@ -53,16 +54,24 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+def live_queries(test: OutcomeTable) -> list[Query]:
+    """A test split's prompts as the gateway would see them."""
+    return [Query.from_text(str(p), s) for p, s in zip(test.prompts, test.systems, strict=True)]
+
+
+def time_decision(router: Router, query: Query, allowed: frozenset[str]) -> float:
+    """Seconds of one live decision: the router's flow up to its first call."""
+    t0 = time.perf_counter()
+    flow = router.start(query, allowed)
+    next(flow)
+    elapsed = time.perf_counter() - t0
+    flow.close()
+    return elapsed
+
+
 def time_single(router: Router, queries: list[Query], allowed: frozenset[str]) -> np.ndarray:
     """Seconds per live decision, one query at a time."""
-    out = np.empty(len(queries))
-    for i, q in enumerate(queries):
-        t0 = time.perf_counter()
-        flow = router.start(q, allowed)
-        next(flow)
-        out[i] = time.perf_counter() - t0
-        flow.close()
-    return out
+    return np.array([time_decision(router, q, allowed) for q in queries])
 
 
 def time_batch(router: Router, queries: list[Query], n_jobs: int = 1, rounds: int = 3) -> float:
@@ -95,7 +104,7 @@ def main() -> None:
 
     table = load_table(args.data)
     train, test = table.split("train"), table.split("test")
-    queries = [Query.from_text(str(p), s) for p, s in zip(test.prompts, test.systems, strict=True)]
+    queries = live_queries(test)
     queries = (queries * (args.queries // max(len(queries), 1) + 1))[: args.queries]
     routers: dict[str, Router] = {}
     for encoder in args.encoders:
