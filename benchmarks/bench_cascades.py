@@ -68,10 +68,11 @@ from llmdispatch.evaluation.metrics import References, curve_metrics, frontier
 from llmdispatch.evaluation.replay import PolicyRun, run_from_decisions
 from llmdispatch.policies.base import Policy
 from llmdispatch.policies.cascade_fit import FrugalGPTCascade
-from llmdispatch.policies.composite import CascadeRouting, RouterCascade
+from llmdispatch.policies.cascade_routing import CascadeRouting
 from llmdispatch.policies.costs import CostModel
 from llmdispatch.policies.guaranteed import GuaranteedCascade, check_guarantee
 from llmdispatch.policies.router import Router
+from llmdispatch.policies.router_cascade import RouterCascade
 from llmdispatch.signals.base import Signal
 from llmdispatch.signals.calibrated import CalibratedSignal
 from llmdispatch.signals.calibration import expected_calibration_error

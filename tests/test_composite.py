@@ -19,18 +19,11 @@ from llmdispatch.evaluation.replay import replay
 from llmdispatch.policies import composite as composite_module
 from llmdispatch.policies.base import Attempt, AttemptResult, Policy
 from llmdispatch.policies.cascade import Cascade
-from llmdispatch.policies.composite import (
-    CascadeRouting,
-    GaussianOutlook,
-    Inputs,
-    LabelCosts,
-    LadderChoice,
-    RouterCascade,
-    entry_models,
-    expected_max,
-)
+from llmdispatch.policies.cascade_routing import CascadeRouting, GaussianOutlook, expected_max
+from llmdispatch.policies.composite import Inputs, LabelCosts
 from llmdispatch.policies.ladder import NoAnswerError
 from llmdispatch.policies.router import Router
+from llmdispatch.policies.router_cascade import LadderChoice, RouterCascade, entry_models
 from llmdispatch.query import Query
 from llmdispatch.signals.recorded import CheckCosts, RecordedConfidence
 

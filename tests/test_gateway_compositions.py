@@ -22,7 +22,8 @@ from llmdispatch.gateway.config import load_config
 from llmdispatch.gateway.openai_format import build_query
 from llmdispatch.gateway.replay_server import build_replay_app
 from llmdispatch.policies.base import Policy
-from llmdispatch.policies.composite import CascadeRouting, RouterCascade
+from llmdispatch.policies.cascade_routing import CascadeRouting
+from llmdispatch.policies.router_cascade import RouterCascade
 from test_composite import drive, replay_provider
 
 ROWS = 24

@@ -9,7 +9,7 @@
 * ``cascade-routing`` (Dekoninck et al., ICML 2025; here it may also make its final call
   without reading the signal) and ``router-cascade`` (the router picks the entry model, a
   ladder escalates above it; entry, ladder and threshold chosen per data-set label): the
-  compositions of :mod:`llmdispatch.policies.composite`, with the kNN router and the
+  compositions on :mod:`llmdispatch.policies.composite`'s base, with the kNN router and the
   recorded confidence, tuned on cross-fitted training prompts plus the validation split.
 
 Costs are replayed as the table records them; for ``cascades9`` that bills the self-check
@@ -26,8 +26,9 @@ from llmdispatch.data.table import OutcomeTable
 from llmdispatch.evaluation.suites import benchmark_policy
 from llmdispatch.policies.base import Policy
 from llmdispatch.policies.cascade_fit import FrugalGPTCascade
-from llmdispatch.policies.composite import CascadeRouting, RouterCascade
+from llmdispatch.policies.cascade_routing import CascadeRouting
 from llmdispatch.policies.guaranteed import GuaranteedCascade
+from llmdispatch.policies.router_cascade import RouterCascade
 
 #: Least share of (prompt, model) answers with a recorded confidence for it to be usable.
 MIN_SIGNAL_SHARE = 0.5
