@@ -16,6 +16,7 @@ from llmdispatch.cli import main
 from llmdispatch.data import load_table, train_validation
 from llmdispatch.data.table import OutcomeTable
 from llmdispatch.evaluation.replay import replay
+from llmdispatch.policies.calibrate import describe, describe_figures, describe_target
 from llmdispatch.policies.router import Router, RouterError
 from llmdispatch.query import Query
 from llmdispatch.registry import UnknownComponentError
@@ -133,6 +134,39 @@ def test_calibration_hits_target_on_held_out_data(
         assert got["achieved"] <= value * 1.25 + 0.01
 
 
+def test_calibration_is_described_in_words() -> None:
+    found = {
+        "cost_per_query": 0.0004,
+        "quality": 0.8,
+        "strong_share": 0.25,
+        "best_single_quality": 0.9,
+        "achieved": 0.0004,
+        "met": 0.0,
+    }
+    text = describe(
+        {
+            "target": {"kind": "cost_per_query", "value": 0.0003},
+            "lambda": 0.5,
+            "validation": found,
+            "validation_prompts": 1200,
+        }
+    )
+    assert text.splitlines() == [
+        "calibration: cost ≤ $0.000300 per query → λ = 0.5",
+        "  on validation (1,200 prompts): quality 0.800 (88.9% of the best single model's "
+        "0.900), $0.000400 per query, 25.0% of calls to the strongest model; "
+        "target NOT met: the closest λ was taken",
+    ]
+    fixed = describe({"target": {"kind": "lambda", "value": 2.0}, "lambda": 2.0})
+    assert fixed == "calibration: fixed λ = 2"
+    kept = describe({"target": {"kind": "quality_fraction", "value": 0.9}, "lambda": 0.0})
+    assert kept.endswith("→ λ = 0 (no validation prompts: λ kept, not calibrated)")
+    assert describe_target({"kind": "strong_share", "value": 0.2}) == (
+        "≤ 20.0% of calls to the strongest model"
+    )
+    assert "n/a" in describe_figures({**found, "best_single_quality": 0.0})
+
+
 def test_router_beats_random_on_real_data(shared_data: Callable[[str], Path]) -> None:
     table = load_table(shared_data("routerbench-subset"))
     train, test = table.split("train"), table.split("test")
@@ -167,7 +201,11 @@ def test_train_and_route_commands(tmp_path: Path, capsys: pytest.CaptureFixture[
     )
     assert main(["train", str(cfg)]) == 0
     assert (tmp_path / "art" / "artifact.json").is_file()
-    capsys.readouterr()
+    err = capsys.readouterr().err
+    # The calibration is reported in words, on validation and on test, not as a raw dict.
+    assert "calibration: quality ≥ 90.0% of the best single model's → λ = " in err
+    assert "on validation (" in err and "on test (30 prompts): quality " in err
+    assert "{" not in err
     assert main(["route", str(tmp_path / "art"), "solve the integral", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["choice"] in table.models and len(doc["candidates"]) == 3

@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from llmdispatch.data import load_table, train_validation
     from llmdispatch.data.locate import resolve_dataset
     from llmdispatch.evaluation.replay import replay
+    from llmdispatch.policies.calibrate import describe, describe_figures
     from llmdispatch.registry import REGISTRY
 
     console = Console(stderr=True)
@@ -118,12 +119,12 @@ def run(args: argparse.Namespace) -> int:
     save_artifact(out, policy, metadata)
     cal = getattr(policy, "calibration_", None)
     if cal:
-        console.print(f"calibration: {cal}")
+        console.print(describe(cal), highlight=False)
     if "test_calibration" in metadata:
-        got = metadata["test_calibration"]
         console.print(
-            f"on test: cost/query ${got['cost_per_query']:.6f}, quality {got['quality']:.4f}, "
-            f"target figure {got['achieved']:.4f}"
+            f"  on test ({test.n_prompts:,} prompts): "
+            f"{describe_figures(metadata['test_calibration'])}",
+            highlight=False,
         )
     console.print(f"saved {out} in {metadata['trained_seconds']:.1f} s")
     print(out)

@@ -117,3 +117,40 @@ def choose_lambda(
         return lam, {**f, "met": 1.0}
     lam, f = min(points, key=lambda p: p[1]["achieved"])
     return lam, {**f, "met": 0.0}
+
+
+def describe_target(target: dict[str, Any]) -> str:
+    """A calibration target in words, e.g. ``quality ≥ 95.0 % of the best single model's``."""
+    kind, value = str(target["kind"]), float(target["value"])
+    if kind == "quality_fraction":
+        return f"quality ≥ {value:.1%} of the best single model's"
+    if kind == "cost_per_query":
+        return f"cost ≤ ${value:.6f} per query"
+    if kind == "strong_share":
+        return f"≤ {value:.1%} of calls to the strongest model"
+    return f"fixed λ = {value:g}"
+
+
+def describe_figures(f: dict[str, float]) -> str:
+    """Quality (against the best single model), cost per query and strong share in words."""
+    best = f["best_single_quality"]
+    share = f"{f['quality'] / best:.1%} of the best single model's {best:.3f}" if best else "n/a"
+    return (
+        f"quality {f['quality']:.3f} ({share}), ${f['cost_per_query']:.6f} per query, "
+        f"{f['strong_share']:.1%} of calls to the strongest model"
+    )
+
+
+def describe(calibration: dict[str, Any]) -> str:
+    """A router's ``calibration_`` record (target, chosen λ, validation figures) in words."""
+    target, lam = calibration["target"], calibration["lambda"]
+    if target["kind"] == "lambda":
+        return f"calibration: fixed λ = {lam:g}"
+    text = f"calibration: {describe_target(target)} → λ = {lam:g}"
+    found = calibration.get("validation")
+    if not found:
+        return text + " (no validation prompts: λ kept, not calibrated)"
+    n = calibration.get("validation_prompts")
+    where = f"on validation ({n:,} prompts)" if n else "on validation"
+    verdict = "met" if found.get("met", 1.0) else "NOT met: the closest λ was taken"
+    return f"{text}\n  {where}: {describe_figures(found)}; target {verdict}"
