@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llmdispatch.catalog import ModelCard
 from llmdispatch.cli import main
-from llmdispatch.data import DataError, load_table
+from llmdispatch.data import DataError, from_records, load_table
 from llmdispatch.data.summary import summarize_table
 
 GOOD = '{"id": "a", "prompt": "p", "outcomes": {"m": {"score": 1, "cost_usd": 0.1}}}'
@@ -157,3 +158,58 @@ def test_empty_folder_and_unknown_format_are_errors(tmp_path: Path) -> None:
         load_table(tmp_path / "empty")
     with pytest.raises(DataError, match="unknown data format"):
         load_table(_write(tmp_path / "t.txt", ["hello"]))
+
+
+def test_records_in_memory_build_the_same_table_as_the_file(tmp_path: Path) -> None:
+    records = [
+        {
+            "id": f"q{i}",
+            "prompt": f"prompt {i}",
+            "split": "test" if i % 3 == 0 else "train",
+            "dataset": "math" if i % 2 else "chat",
+            "outcomes": {
+                "small": {"score": (i % 2) * 1.0, "cost_usd": 1e-5, "response": f"s{i}"},
+                "large": {"score": 1.0, "cost_usd": 1e-3, "confidence": 0.9},
+            },
+        }
+        for i in range(12)
+    ]
+    path = _write(tmp_path / "outcomes.jsonl", [json.dumps(r) for r in records])
+    from_file = load_table(path)
+    table = from_records(records, name=from_file.name)
+    assert table.ids.tolist() == from_file.ids.tolist()
+    assert table.models == from_file.models == ("large", "small")  # no catalogue: by name
+    for field in ("score", "cost", "confidence"):
+        np.testing.assert_array_equal(getattr(table, field), getattr(from_file, field))
+    assert table.responses[1, 1] == "s1" and table.split("test").n_prompts == 4
+    # Catalogue models come first, as with a models.json beside the file.
+    cards = [ModelCard(name="small", price_in_per_mtok=0.1)]
+    priced = from_records(records, models=cards)
+    assert priced.models == ("small", "large")
+    assert priced.card("small").price_in_per_mtok == 0.1
+    # A record without a split is hash-split and counted, as from a file.
+    unsplit = from_records([{"id": "a", "prompt": "p", "outcomes": {"m": {"score": 1}}}])
+    assert unsplit.splits[0] in ("train", "test")
+    assert "1 records had no split" in " ".join(unsplit.report.notes)
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"id": "b", "outcomes": {}}, r"record 2: field 'prompt': missing"),
+        (
+            {"id": "b", "prompt": "p", "outcomes": {"m": {"score": 2}}},
+            r"record 2: field 'outcomes\.m\.score': score 2\.0 is outside \[0, 1\]",
+        ),
+        ({"id": "a", "prompt": "p", "outcomes": {"m": {}}}, r"record 2: field 'id': duplicate"),
+        (
+            {"id": "b", "prompt": "p", "split": "dev", "outcomes": {}},
+            r"record 2: field 'split': expected 'train' or 'test', got 'dev'",
+        ),
+    ],
+)
+def test_bad_records_in_memory_name_the_record_and_field(
+    record: dict[str, object], message: str
+) -> None:
+    with pytest.raises(DataError, match=message):
+        from_records([json.loads(GOOD), record])

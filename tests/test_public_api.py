@@ -29,6 +29,7 @@ EXPECTED = {
     "Router",
     "RouterCascade",
     "__version__",
+    "from_records",
     "load_artifact",
     "load_table",
     "replay",

@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "DataError": "llmdispatch.data",
     "ModelCard": "llmdispatch.catalog",
     "OutcomeTable": "llmdispatch.data",
+    "from_records": "llmdispatch.data",
     "load_table": "llmdispatch.data",
     "train_validation": "llmdispatch.data",
     # queries and policies
@@ -66,6 +67,7 @@ __all__ = [
     "Router",
     "RouterCascade",
     "__version__",
+    "from_records",
     "load_artifact",
     "load_table",
     "replay",
@@ -76,7 +78,13 @@ __all__ = [
 if TYPE_CHECKING:
     from llmdispatch.artifacts import load_artifact, save_artifact
     from llmdispatch.catalog import ModelCard
-    from llmdispatch.data import DataError, OutcomeTable, load_table, train_validation
+    from llmdispatch.data import (
+        DataError,
+        OutcomeTable,
+        from_records,
+        load_table,
+        train_validation,
+    )
     from llmdispatch.evaluation.replay import replay
     from llmdispatch.policies.bandit import BanditRouter
     from llmdispatch.policies.base import Plan, Policy

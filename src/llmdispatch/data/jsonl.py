@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -73,10 +73,62 @@ def read_jsonl_table(
         models_json = folder / "models.json"
         catalog = load_catalog(models_json) if models_json.is_file() else {}
     table_name = name or (folder.name if outcomes.name.startswith("outcomes") else outcomes.stem)
-    builder = TableBuilder(table_name, str(outcomes), catalog)
+    located = ((f"{outcomes}:{lineno}", record) for lineno, record in _iter_records(outcomes))
+    return _build(
+        located,
+        name=table_name,
+        catalog=catalog,
+        source=str(outcomes),
+        costs_estimated=_card_says_estimated(folder),
+    )
+
+
+def from_records(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    name: str = "records",
+    models: Iterable[ModelCard] | Mapping[str, ModelCard] = (),
+    costs_estimated: bool = False,
+) -> OutcomeTable:
+    """An outcome table from records in the common format, held in memory.
+
+    Each record is what one line of ``outcomes.jsonl`` holds (``../shared/data/README.md``):
+    ``id``, ``prompt``, ``outcomes`` (model → ``score``, ``cost_usd``, ``tokens_in``,
+    ``tokens_out``, ``latency_ms``, ``confidence``, ``response``), and optionally ``split``
+    (``train``/``test``; a hash split when absent), ``dataset``, ``system`` and
+    ``reference``. ``models`` gives the catalogue (prices, context windows, modalities);
+    models without a card get a default one. Problems raise :class:`DataError` naming the
+    record (``record 3``, counted from 1) and the field, exactly as the file reader does.
+
+    Examples
+    --------
+    >>> table = from_records([
+    ...     {"id": "q1", "prompt": "2 + 2?", "split": "train",
+    ...      "outcomes": {"small": {"score": 1.0, "cost_usd": 1e-5},
+    ...                   "large": {"score": 1.0, "cost_usd": 1e-3}}},
+    ...     {"id": "q2", "prompt": "Prove Fermat's last theorem.", "split": "test",
+    ...      "outcomes": {"small": {"score": 0.0}, "large": {"score": 0.4}}},
+    ... ])
+    >>> table.models, table.n_prompts, table.split("test").ids.tolist()
+    (('large', 'small'), 2, ['q2'])
+    """
+    cards = dict(models) if isinstance(models, Mapping) else {c.name: c for c in models}
+    located = ((f"record {i}", dict(r)) for i, r in enumerate(records, start=1))
+    return _build(located, name=name, catalog=cards, source=name, costs_estimated=costs_estimated)
+
+
+def _build(
+    located: Iterable[tuple[str, dict[str, Any]]],
+    *,
+    name: str,
+    catalog: Mapping[str, ModelCard],
+    source: str,
+    costs_estimated: bool,
+) -> OutcomeTable:
+    """Validate records (each with where it came from) and build the table."""
+    builder = TableBuilder(name, source, catalog)
     hashed = unlabeled = 0
-    for lineno, record in _iter_records(outcomes):
-        where = f"{outcomes}:{lineno}"
+    for where, record in located:
         for key in _REQUIRED:
             if key not in record:
                 raise DataError(f"{where}: field '{key}': missing")
@@ -92,7 +144,7 @@ def read_jsonl_table(
             raise DataError(f"{where}: field 'split': expected 'train' or 'test', got {split!r}")
         dataset = _str_field(record, "dataset", where, required=False)
         if dataset is None:
-            dataset = table_name
+            dataset = name
             unlabeled += 1
         outcomes_field = record["outcomes"]
         if not isinstance(outcomes_field, dict):
@@ -111,7 +163,5 @@ def read_jsonl_table(
     if hashed:
         builder.report.notes.append(f"{hashed} records had no split: hash split applied")
     if unlabeled:
-        builder.report.notes.append(
-            f"{unlabeled} records had no dataset label: set to {table_name}"
-        )
-    return builder.build(costs_estimated=_card_says_estimated(folder))
+        builder.report.notes.append(f"{unlabeled} records had no dataset label: set to {name}")
+    return builder.build(costs_estimated=costs_estimated)

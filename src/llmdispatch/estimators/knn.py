@@ -111,9 +111,19 @@ class KNNEstimator(QualityEstimator):
 
     Examples
     --------
-    >>> est = KNNEstimator(k=10).fit(table, X)   # doctest: +SKIP
-    >>> est.predict(X_new).shape                  # doctest: +SKIP
-    (n_new, n_models)
+    Model ``math`` solves the integrals, ``poet`` writes the poems:
+
+    >>> from llmdispatch.data import from_records
+    >>> from llmdispatch.features.tfidf import TfidfEncoder
+    >>> table = from_records(
+    ...     {"id": str(i),
+    ...      "prompt": f"integral of x^{i} dx" if i % 2 else f"a poem about the sea, verse {i}",
+    ...      "outcomes": {"math": {"score": i % 2}, "poet": {"score": 1 - i % 2}}}
+    ...     for i in range(40))
+    >>> enc = TfidfEncoder().fit(table.full_prompts())
+    >>> est = KNNEstimator(k=5).fit(table, enc.encode(table.full_prompts()))
+    >>> table.models, est.predict(enc.encode(["integral of x^7 dx"])).round(1)
+    (('math', 'poet'), array([[1., 0.]]))
     """
 
     _X_train: Features | None

@@ -142,7 +142,7 @@ class ScalarEncoder(Encoder):
     Examples
     --------
     >>> row = ScalarEncoder().encode(["Solve 2x + 3 = 7. (A) 1 (B) 2 (C) 3"])[0]
-    >>> dict(zip(FEATURE_NAMES, row.round(2)))["multiple_choice"]
+    >>> float(dict(zip(FEATURE_NAMES, row))["multiple_choice"])
     1.0
     """
 

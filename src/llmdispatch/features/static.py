@@ -117,7 +117,7 @@ class StaticEncoder(Encoder):
 
     Examples
     --------
-    >>> enc = StaticEncoder()                  # doctest: +SKIP  (needs encoders distill)
+    >>> enc = StaticEncoder()  # needs `llmdispatch encoders distill` first  # doctest: +SKIP
     >>> enc.encode(["What is 2 + 2?"]).shape    # doctest: +SKIP
     (1, 256)
     """

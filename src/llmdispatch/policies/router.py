@@ -146,6 +146,24 @@ class Router(Policy):
         core. The fits are numpy, BLAS and scikit-learn calls that mostly release the GIL,
         and each member is fitted exactly as alone, so the router is the same whatever
         ``n_jobs`` is (``benchmarks/bench_training.py`` measures the gain).
+
+    Examples
+    --------
+    Both models are right on their own topic; ``large`` is right on both but costs 100×:
+
+    >>> from llmdispatch import Query, from_records
+    >>> table = from_records(
+    ...     {"id": str(i),
+    ...      "prompt": f"integral of x^{i} dx" if i % 2 else f"a poem about the sea, verse {i}",
+    ...      "outcomes": {"math": {"score": i % 2, "cost_usd": 1e-5},
+    ...                   "poet": {"score": 1 - i % 2, "cost_usd": 1e-5},
+    ...                   "large": {"score": 1, "cost_usd": 1e-3}}}
+    ...     for i in range(60))
+    >>> query = Query.from_text("integral of x^9 dx")
+    >>> Router(lam=0.0).fit(table).explain(query).choice   # quality alone: the sure model
+    'large'
+    >>> Router(lam=1.0).fit(table).explain(query).choice   # quality − cost: the specialist
+    'math'
     """
 
     knob_name: ClassVar[str] = "lambda"
