@@ -169,6 +169,9 @@ def test_router_replay_reads_only_the_chosen_score(
     np.testing.assert_array_equal(chosen, again)
     run = replay(policy, stream)
     assert run.quality.shape == (len(policy.lambdas), stream.n_prompts)
+    # Without the scores there is nothing to learn from: a clear error, not a NaN reward.
+    with pytest.raises(BanditError, match="needs the table with its scores"):
+        policy.sweep(stream.blind(), stream.known)
     # A higher λ never makes the stream more expensive on average by much (cost-aware).
     assert run.mean_cost[-1] <= run.mean_cost[0]
 

@@ -234,6 +234,12 @@ class BanditRouter(Policy):
         """Stream ``table`` in a seeded random order per λ; reveal only the chosen score."""
         self._check_fitted()
         self._check_models(table)
+        if (available & np.isnan(table.score)).all(axis=1).any():
+            raise BanditError(
+                "the bandit learns from the chosen model's score, revealed after each "
+                "decision, so its replay needs the table with its scores (as `replay` passes "
+                "it); this table has none on some prompt's available models"
+            )
         texts = table.full_prompts()
         X = self.contexts(texts)
         order = np.random.default_rng(self.seed).permutation(table.n_prompts)
