@@ -155,3 +155,47 @@ def test_summary_lists_every_router_above_the_knn() -> None:
     text = "\n".join(summary_markdown(sets))  # type: ignore[arg-type]
     assert "the tuned kNN router on 0 of 2" in text  # the best by AIQ ties on a
     assert "a: router-stack 0.004 [0.001, 0.009], router-mlp 0.003 [0.000, 0.006]; b: none." in text
+
+
+def test_bench_judges_a_users_own_configs_beside_the_references(
+    tmp_path: Path, shared_data: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = shared_data("arena-hard-v1")
+    eagle = tmp_path / "my-eagle.yaml"
+    eagle.write_text(f"data: {folder}\nout: unused\nestimator: eagle\n")
+    knn = tmp_path / "my-knn.yaml"
+    knn.write_text(
+        f"data: {folder}\nout: unused\nestimator: knn\nestimator_params: {{k: 20}}\n"
+        "validation_fraction: 0.3\n"
+    )
+    out = tmp_path / "out"
+    # No data set named: the configs' one; no --policies: the references and the kNN baseline.
+    rc = main(["bench", "--config", str(eagle), str(knn), "--bootstrap", "30", "--out", str(out)])
+    assert rc == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "my-knn.yaml: validation_fraction 0.3 is not used here" in err
+    doc = json.loads((out / "results.json").read_text())
+    assert [d["dataset"] for d in doc] == ["arena-hard-v1"]
+    names = [p["name"] for p in doc[0]["policies"]]
+    assert names[:3] == ["zero-router", "random", "oracle"]
+    assert names[3] in ("router-knn", "router-knn-tfidf")
+    assert names[4:] == ["my-eagle", "my-knn"]
+    mine = {p["name"]: p for p in doc[0]["policies"] if p["name"].startswith("my-")}
+    for p in mine.values():
+        assert p["family"] == "router" and p["error"] is None and p["metrics"]["aiq"] > 0.5
+    report = (out / "report.md").read_text()
+    assert "| my-eagle |" in report and "| my-knn |" in report
+
+    # Bad configs fail before anything runs, naming the file.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"data: {folder}\nout: unused\nestimator: nosuch\n")
+    assert main(["bench", "--config", str(bad), "--out", str(out)]) == 2
+    assert "unknown estimator 'nosuch'" in capsys.readouterr().err
+    one = tmp_path / "one.yaml"
+    one.write_text(f"data: {folder}\nout: unused\nmodels: [gpt-4, claude-2]\n")
+    assert main(["bench", "--config", str(one), str(eagle), "--out", str(out)]) == 2
+    assert "the configs keep different models" in capsys.readouterr().err
+    named = tmp_path / "oracle.yaml"
+    named.write_text(f"data: {folder}\nout: unused\n")
+    assert main(["bench", "--config", str(named), "--out", str(out)]) == 2
+    assert "two policies are named 'oracle'" in capsys.readouterr().err

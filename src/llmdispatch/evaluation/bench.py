@@ -35,6 +35,8 @@ from llmdispatch.evaluation.suites import BenchmarkPolicy, benchmark_entries
 #: Metrics that get intervals and appear in reports, in order.
 HEADLINE = ("aiq", "aiq_log", "q@10", "q@25", "q@50", "cost_to_best", "cost_to_95", "arena")
 BASELINE = "router-knn"
+#: The share of each training split carved out for validation, the same for every policy.
+VALIDATION_FRACTION = 0.25
 #: The baseline when ``router-knn`` (encoder chosen on validation) was not run.
 FALLBACK_BASELINE = "router-knn-tfidf"
 
@@ -113,7 +115,7 @@ def bench_dataset(
     if drop_leaked:
         table, leaks = drop_leaks(table)
     train, test = table.split("train"), table.split("test")
-    fit_part, validation = train_validation(train)
+    fit_part, validation = train_validation(train, VALIDATION_FRACTION)
     refs = References.from_matrices(test.models, test.score, test.cost)
     masks = _label_masks(test)
     label_refs = {
@@ -259,14 +261,23 @@ def run_bench(
     on_step: Callable[[str], None] | None = None,
     labels: list[str] | None = None,
     models: list[str] | None = None,
+    extra: list[BenchmarkPolicy] | None = None,
 ) -> list[DatasetResult]:
-    """Run ``policies`` (default: every registered one) on ``datasets`` (default: all found)."""
+    """Run ``policies`` (default: every registered one, or none when ``extra`` is given) and
+    the ``extra`` entries (a user's own configurations) on ``datasets`` (default: all found).
+    """
     specs: list[str] = datasets or sorted(available_datasets())
     if not specs:
         raise ValueError("no data sets found; pass paths or set LLMDISPATCH_DATA")
     for spec in specs:
         resolve_dataset(spec)  # fail early, with the list of what was found
-    entries = benchmark_entries(policies)
+    entries = benchmark_entries(policies) if policies is not None or not extra else []
+    taken = {e.name for e in entries}
+    for entry in extra or []:
+        if entry.name in taken:
+            raise ValueError(f"two policies are named {entry.name!r}; rename one")
+        taken.add(entry.name)
+        entries.append(entry)
     return [
         bench_dataset(
             spec,
