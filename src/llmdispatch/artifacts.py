@@ -94,6 +94,13 @@ def save_artifact(
     return path
 
 
+def artifact_files(path: Path | str) -> tuple[Path, Path]:
+    """The two files of an artifact (folder, or its ``artifact.json``): JSON and arrays."""
+    path = Path(path)
+    meta_file = path / _META if path.suffix != ".json" else path
+    return meta_file, meta_file.parent / _ARRAYS
+
+
 def load_artifact(path: Path | str) -> tuple[Any, dict[str, Any]]:
     """Read an artifact folder (or its ``artifact.json``); returns (component, metadata)."""
     path = Path(path)

@@ -27,6 +27,7 @@ from llmdispatch.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from llmdispatch.gateway.openai_format import build_query
 from llmdispatch.gateway.openapi import openapi_document
 from llmdispatch.gateway.pipeline import PREFIX, Gateway, Trace, decision_headers
+from llmdispatch.gateway.reloader import watching
 from llmdispatch.gateway.streaming import stream_completion
 from llmdispatch.query import Query
 
@@ -138,7 +139,8 @@ def create_app(cfg: GatewayConfig) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        yield
+        async with watching(gw, cfg.reload_artifacts_s):
+            yield
         await gw.close()
 
     app = Starlette(

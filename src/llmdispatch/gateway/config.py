@@ -194,6 +194,13 @@ class GatewayConfig(BaseModel):
     )
     affinity_ttl_s: float = Field(default=3600.0, gt=0)
     log_prompts: bool = True
+    reload_artifacts_s: float | None = Field(
+        default=5.0,
+        gt=0,
+        description="every this many seconds, each worker checks its policies' artifact "
+        "folders and serves a new artifact saved over one (loaded, checked and warmed "
+        "beside the old, which keeps serving if the new one fails); null: never",
+    )
 
     @field_validator("models")
     @classmethod

@@ -15,6 +15,7 @@ Exposed names (counters get ``_total``, histograms ``_bucket``/``_sum``/``_count
 ``llmdispatch_rate_limited_total``         requests refused by a limit or budget, by reason
 ``llmdispatch_circuit_open``               1 while a model's breaker is open
 ``llmdispatch_log_dropped_rows``           request-log rows the database refused
+``llmdispatch_policy_reloads_total``       artifacts reloaded while serving, by outcome
 ========================================== =============================================
 """
 
@@ -43,7 +44,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 class GatewayMetrics:
     """Requests, latency and time to first token, decisions, cost, escalations, fallbacks,
-    budgets, limits and breakers (see the module docstring for the names)."""
+    budgets, limits, breakers and reloads (see the module docstring for the names)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -114,6 +115,12 @@ class GatewayMetrics:
         self.log_dropped = Gauge(
             "llmdispatch_log_dropped_rows",
             "Request-log rows the database refused since start",
+            registry=r,
+        )
+        self.policy_reloads = Counter(
+            "llmdispatch_policy_reloads",
+            "Policies reloaded from a changed artifact while serving (ok or failed)",
+            ["policy", "outcome"],
             registry=r,
         )
         # ``labels()`` checks its arguments and takes a lock on every call; the children it

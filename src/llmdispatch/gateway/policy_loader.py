@@ -61,15 +61,17 @@ def load_policies(cfg: GatewayConfig) -> dict[str, Policy]:
             "compiled_kernels: true needs numba (pip install 'llmdispatch[fast]') and "
             "LLMDISPATCH_KERNELS not set to numpy"
         )
-    policies: dict[str, Policy] = {}
-    for name, ref in cfg.policies.items():
-        policy = build_policy(name, ref)
-        known = set(getattr(policy, "models_", ()) or ())
-        if known and not known & set(cfg.models):
-            raise ValueError(
-                f"policy {name!r} routes among {sorted(known)}, none of which is configured"
-            )
-        deployed_cards(policy, cfg)
-        policy.warm()  # the first requests must not pay for lazily built indexes
-        policies[name] = policy
-    return policies
+    return {name: load_policy(name, ref, cfg) for name, ref in cfg.policies.items()}
+
+
+def load_policy(name: str, ref: PolicyRef, cfg: GatewayConfig) -> Policy:
+    """One configured policy, checked against the configured models and warmed."""
+    policy = build_policy(name, ref)
+    known = set(getattr(policy, "models_", ()) or ())
+    if known and not known & set(cfg.models):
+        raise ValueError(
+            f"policy {name!r} routes among {sorted(known)}, none of which is configured"
+        )
+    deployed_cards(policy, cfg)
+    policy.warm()  # the first requests must not pay for lazily built indexes
+    return policy
