@@ -63,6 +63,26 @@ def test_artifact_round_trip_without_pickle(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back.values, obj.values)
     with pytest.raises(ArtifactError, match=r"no artifact\.json"):
         load_artifact(tmp_path / "missing")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["arrays.npz", "artifact.json"]
+
+
+@pytest.mark.usefixtures("constant_registered")
+def test_an_artifact_mixed_from_two_saves_is_refused(tmp_path: Path) -> None:
+    first = _Constant(np.zeros((2, 3)), "first")
+    second = _Constant(np.ones((2, 3)), "second")
+    save_artifact(tmp_path / "a", first)  # type: ignore[arg-type]
+    old_json = (tmp_path / "a" / "artifact.json").read_text()
+    save_artifact(tmp_path / "a", second)  # type: ignore[arg-type]
+    assert load_artifact(tmp_path / "a")[0].label == "second"
+    # The JSON of one save beside the arrays of the next: same layout, different save.
+    (tmp_path / "a" / "artifact.json").write_text(old_json)
+    with pytest.raises(ArtifactError, match="come from different saves"):
+        load_artifact(tmp_path / "a")
+    # Artifacts written before save ids existed still load.
+    doc = json.loads(old_json)
+    del doc["save_id"]
+    (tmp_path / "a" / "artifact.json").write_text(json.dumps(doc))
+    assert load_artifact(tmp_path / "a")[0].label == "first"
 
 
 def test_hash_split_is_deterministic_and_balanced() -> None:

@@ -9,6 +9,7 @@ leaves ``{"$array": key}`` in ``artifact.json``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
@@ -19,6 +20,8 @@ from llmdispatch.registry import REGISTRY
 FORMAT_VERSION = 1
 _META = "artifact.json"
 _ARRAYS = "arrays.npz"
+#: The member of ``arrays.npz`` that names its save (as ``save_id`` in ``artifact.json``).
+_SAVE_ID = "__save_id__"
 
 
 @runtime_checkable
@@ -81,16 +84,31 @@ def _inject(value: Any, arrays: Any) -> Any:
 def save_artifact(
     path: Path | str, obj: Persistable, metadata: dict[str, Any] | None = None
 ) -> Path:
-    """Write ``obj`` to folder ``path`` (created) as ``artifact.json`` + ``arrays.npz``."""
+    """Write ``obj`` to folder ``path`` (created) as ``artifact.json`` + ``arrays.npz``.
+
+    Both files are written under temporary names and renamed into place, arrays first, and
+    both carry one random save id: a reader that meets the arrays of one save and the JSON of
+    another (a save in progress, or one interrupted between the renames) gets a clear
+    :class:`ArtifactError` from :func:`load_artifact`, never a model mixed from two saves.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     tree = _extract(component_state(obj), arrays, "root")
-    doc = {"format": FORMAT_VERSION, "metadata": metadata or {}, "component": tree}
-    tmp = path / (_META + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True), encoding="utf-8")
-    np.savez(path / _ARRAYS, **arrays)  # type: ignore[arg-type]
-    tmp.replace(path / _META)
+    save_id = os.urandom(8).hex()
+    arrays[_SAVE_ID] = np.array(save_id)
+    doc = {
+        "format": FORMAT_VERSION,
+        "save_id": save_id,
+        "metadata": metadata or {},
+        "component": tree,
+    }
+    tmp_meta, tmp_arrays = path / (_META + ".tmp"), path / (_ARRAYS + ".tmp")
+    tmp_meta.write_text(json.dumps(doc, indent=1, sort_keys=True), encoding="utf-8")
+    with tmp_arrays.open("wb") as fh:
+        np.savez(fh, **arrays)  # type: ignore[arg-type]
+    tmp_arrays.replace(path / _ARRAYS)
+    tmp_meta.replace(path / _META)
     return path
 
 
@@ -116,5 +134,11 @@ def load_artifact(path: Path | str) -> tuple[Any, dict[str, Any]]:
         raise ArtifactError(f"{meta_file}: unsupported artifact format {doc.get('format')!r}")
     with np.load(folder / _ARRAYS, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
+    found = str(arrays.pop(_SAVE_ID)) if _SAVE_ID in arrays else None
+    if "save_id" in doc and found != doc["save_id"]:
+        raise ArtifactError(
+            f"{folder}: {_META} and {_ARRAYS} come from different saves (a save in progress, "
+            "or one interrupted); save the artifact again"
+        )
     tree = _inject(doc["component"], arrays)
     return restore(tree), doc.get("metadata", {})

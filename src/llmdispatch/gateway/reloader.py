@@ -65,10 +65,13 @@ class ArtifactWatcher:
             settled, self.seen[name] = now == self.seen[name], now
             if now is None or now == self.loaded[name] or not settled:
                 continue
-            self.loaded[name] = now
+            before, self.loaded[name] = self.loaded[name], now
             try:
                 policy = await asyncio.to_thread(load_policy, name, ref, self.gateway.cfg)
             except Exception as exc:  # a bad artifact must not take the gateway down
+                if signature(ref) != now:  # saved again while loading: retry once settled
+                    self.loaded[name] = before
+                    continue
                 self.gateway.metrics.policy_reloads.labels(name, "failed").inc()
                 log.error(
                     "policy %r: the changed artifact %s was not loaded (%s: %s); "
