@@ -34,6 +34,7 @@ from llmdispatch.gateway.metrics import GatewayMetrics
 from llmdispatch.gateway.openai_format import attempt_result, split_prompt
 from llmdispatch.gateway.policy_loader import load_policies
 from llmdispatch.gateway.providers import Provider, UpstreamError, make_transport
+from llmdispatch.gateway.reloader import signature
 from llmdispatch.gateway.state import BudgetExceeded, GatewayState, Scope, make_state
 from llmdispatch.policies.bandit import BanditRouter, UnknownRequestError
 from llmdispatch.policies.base import Attempt, AttemptResult, Policy
@@ -132,6 +133,9 @@ class Gateway:
         self.providers = {
             name: Provider(name, ep, self.transport, cfg.retry_backoff_s, cfg.max_retry_wait_s)
             for name, ep in cfg.models.items()
+        }
+        self.artifact_signatures = {  # before loading: a save from now on is a change
+            name: signature(ref) for name, ref in cfg.policies.items() if ref.artifact is not None
         }
         self.policies = load_policies(cfg)
         self.state: GatewayState = make_state(cfg.state, cfg.state_prefix)

@@ -39,7 +39,7 @@ def signature(ref: PolicyRef) -> Signature:
     assert ref.artifact is not None
     try:
         stats = [f.stat() for f in artifact_files(ref.artifact)]
-    except FileNotFoundError:
+    except OSError:  # missing (a save half-way, a folder being replaced) or unreadable
         return None
     return tuple((st.st_mtime_ns, st.st_size, st.st_ino) for st in stats)
 
@@ -54,7 +54,10 @@ class ArtifactWatcher:
             for name, ref in gateway.cfg.policies.items()
             if ref.artifact is not None and not isinstance(gateway.policies.get(name), BanditRouter)
         }
-        self.loaded: dict[str, Signature] = {n: signature(r) for n, r in self.refs.items()}
+        # The files as they were when the gateway loaded them (a save since is a change).
+        self.loaded: dict[str, Signature] = {
+            n: gateway.artifact_signatures.get(n) for n in self.refs
+        }
         self.seen: dict[str, Signature] = dict(self.loaded)
 
     async def check(self) -> list[str]:
@@ -95,7 +98,10 @@ class ArtifactWatcher:
         """Poll until cancelled."""
         while True:
             await asyncio.sleep(interval_s)
-            await self.check()
+            try:
+                await self.check()
+            except Exception:  # keep watching whatever one poll met
+                log.exception("artifact watcher: a poll failed")
 
 
 @contextlib.asynccontextmanager
