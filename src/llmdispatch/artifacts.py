@@ -115,7 +115,7 @@ def save_artifact(
 def artifact_files(path: Path | str) -> tuple[Path, Path]:
     """The two files of an artifact (folder, or its ``artifact.json``): JSON and arrays."""
     path = Path(path)
-    meta_file = path / _META if path.suffix != ".json" else path
+    meta_file = path / _META if path.is_dir() or path.suffix != ".json" else path
     return meta_file, meta_file.parent / _ARRAYS
 
 
