@@ -148,3 +148,28 @@ def test_reloading_can_be_switched_off(table: OutcomeTable, tmp_path: Path) -> N
     )
     with pytest.raises(ValueError, match="reload_artifacts_s"):
         load_config(bad)
+
+
+def test_serve_shows_the_gateways_own_log_lines_at_its_level() -> None:
+    import logging
+    import logging.config
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    from llmdispatch.cli.serve import log_config
+
+    config = log_config("info")
+    assert "llmdispatch" not in LOGGING_CONFIG["loggers"]  # uvicorn's own dict is left alone
+    root = logging.getLogger("llmdispatch")
+    saved = (root.level, root.propagate, list(root.handlers))
+    try:
+        logging.config.dictConfig(config)
+        logger = logging.getLogger("llmdispatch.gateway.reloader")
+        assert logger.isEnabledFor(logging.INFO)
+        assert root.handlers
+        logging.config.dictConfig(log_config("warning"))
+        assert not logger.isEnabledFor(logging.INFO)
+    finally:  # other tests capture these loggers through the root logger
+        root.setLevel(saved[0])
+        root.propagate = saved[1]
+        root.handlers[:] = saved[2]

@@ -58,6 +58,7 @@ def run_serve(args: argparse.Namespace) -> int:
             port=args.port,
             workers=args.workers,
             log_level=args.log_level,
+            log_config=log_config(args.log_level),
         )
     else:
         from llmdispatch.gateway.app import create_app
@@ -65,8 +66,30 @@ def run_serve(args: argparse.Namespace) -> int:
 
         app = create_app(cfg)
         release_free_memory()  # what loading the policies freed
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            log_config=log_config(args.log_level),
+        )
     return 0
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging configuration plus the gateway's own loggers (``llmdispatch.*``:
+    reloads, request-log problems), on uvicorn's handler and at the same level."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["llmdispatch"] = {
+        "handlers": ["default"],
+        "level": level.upper(),
+        "propagate": False,
+    }
+    return config
 
 
 def run_replay(args: argparse.Namespace) -> int:
