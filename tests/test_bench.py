@@ -186,6 +186,36 @@ def test_bench_judges_a_users_own_configs_beside_the_references(
     report = (out / "report.md").read_text()
     assert "| my-eagle |" in report and "| my-knn |" in report
 
+    # Any registered policy can be a config; it is reported in its family.
+    frugal = tmp_path / "my-frugal.yaml"
+    frugal.write_text(
+        f"data: {folder}\nout: unused\npolicy: frugalgpt\n"
+        "params: {signal: frugalgpt-scorer, n_budgets: 5}\n"
+    )
+    assert (
+        main(
+            [
+                "bench",
+                "--config",
+                str(frugal),
+                "--policies",
+                "zero-router",
+                "--bootstrap",
+                "30",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    doc = json.loads((out / "results.json").read_text())
+    assert [(p["name"], p["family"]) for p in doc[0]["policies"]] == [
+        ("zero-router", "reference"),
+        ("my-frugal", "cascade"),
+    ]
+    assert doc[0]["policies"][1]["error"] is None
+
     # Bad configs fail before anything runs, naming the file.
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"data: {folder}\nout: unused\nestimator: nosuch\n")
