@@ -209,6 +209,30 @@ def test_train_and_route_commands(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["route", str(tmp_path / "art"), "solve the integral", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["choice"] in table.models and len(doc["candidates"]) == 3
+    # Many prompts at once: one JSON line each, the same decisions as one at a time.
+    prompts = [str(p) for p in table.prompts[:40]]
+    batch = tmp_path / "prompts.jsonl"
+    batch.write_text(
+        "".join(json.dumps({"id": f"q{i}", "prompt": p}) + "\n" for i, p in enumerate(prompts))
+    )
+    assert main(["route", str(tmp_path / "art"), "--file", str(batch)]) == 0
+    lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert [d["id"] for d in lines] == [f"q{i}" for i in range(40)]
+    for i in (0, 7, 39):
+        assert main(["route", str(tmp_path / "art"), prompts[i], "--json"]) == 0
+        one = json.loads(capsys.readouterr().out)
+        assert lines[i]["choice"] == one["choice"]
+        assert lines[i]["quality"] == {
+            c["model"]: round(c["quality"], 6) for c in one["candidates"]
+        }
+    text = tmp_path / "prompts.txt"
+    text.write_text("solve the integral\n\nwrite a poem\n")
+    assert main(["route", str(tmp_path / "art"), "--file", str(text), "--only", "cheap"]) == 0
+    rows = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert [(r["id"], r["choice"]) for r in rows] == [("1", "cheap"), ("3", "cheap")]
+    batch.write_text('{"id": "a", "prompt": "fine"}\n{"id": "b"}\n')
+    assert main(["route", str(tmp_path / "art"), "--file", str(batch)]) == 2
+    assert "prompts.jsonl:2: field 'prompt': expected a non-empty string" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"data: {data}\nout: x\nestimator: knn\nvalidation_fraction: 3\n")
     assert main(["train", str(bad)]) == 2

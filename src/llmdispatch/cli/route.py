@@ -1,10 +1,15 @@
-"""``llmdispatch route ARTIFACT "prompt"``: show a trained policy's decision and why."""
+"""``llmdispatch route ARTIFACT "prompt"``: show a trained policy's decision and why.
+
+``--file`` decides on many prompts at once (JSON lines with ``prompt``, or one prompt per line)
+and writes one JSON line per prompt: the choice, the fallbacks and every model's estimate.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +29,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--image", action="store_true", help="the request carries an image")
     p.add_argument("--only", nargs="+", metavar="MODEL", help="models allowed for this request")
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
+    p.add_argument(
+        "--file",
+        type=Path,
+        help="decide on every prompt of a file (.jsonl: objects with 'prompt' and optionally "
+        "'id', 'system'; otherwise one prompt per line) and print one JSON line per prompt",
+    )
     p.set_defaults(func=run)
+
+
+#: Prompts whose estimates are computed together when deciding on a file.
+BATCH = 256
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,17 +50,17 @@ def run(args: argparse.Namespace) -> int:
     from llmdispatch.artifacts import load_artifact
     from llmdispatch.query import Query
 
+    if args.file is not None:
+        if args.prompt is not None:
+            raise ValueError("give a prompt or --file, not both")
+        return route_file(args)
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     if not prompt.strip():
         raise ValueError("empty prompt")
     policy, meta = load_artifact(args.artifact)
     query = Query.from_text(prompt, system=args.system)
     if args.image:
-        query = Query(
-            text=query.text,
-            messages=query.messages,
-            modalities=frozenset({"text", "image"}),
-        )
+        query = replace(query, modalities=frozenset({"text", "image"}))
     allowed = frozenset(args.only) if args.only else None
     known = getattr(policy, "models_", None) or getattr(policy, "rungs", None)
     if allowed and known:
@@ -85,4 +100,67 @@ def run(args: argparse.Namespace) -> int:
     trained = meta.get("config", {}).get("data")
     if trained:
         Console().print(f"trained on {trained}; fallbacks in order: {', '.join(plan.fallbacks)}")
+    return 0
+
+
+def read_prompts(path: Path) -> list[tuple[str, str, str | None]]:
+    """``(id, prompt, system)`` per prompt of a ``.jsonl`` file or a one-per-line text file;
+    a bad line is an error naming the file and line."""
+    from llmdispatch.data import DataError
+
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    out: list[tuple[str, str, str | None]] = []
+    jsonl = path.suffix in (".jsonl", ".json")
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            if not jsonl:
+                out.append((str(lineno), line.rstrip("\n"), None))
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+            prompt = rec.get("prompt") if isinstance(rec, dict) else None
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise DataError(f"{path}:{lineno}: field 'prompt': expected a non-empty string")
+            system = rec.get("system")
+            if system is not None and not isinstance(system, str):
+                raise DataError(f"{path}:{lineno}: field 'system': expected a string")
+            out.append((str(rec.get("id", lineno)), prompt, system))
+    if not out:
+        raise DataError(f"{path}: no prompts")
+    return out
+
+
+def route_file(args: argparse.Namespace) -> int:
+    """One JSON line per prompt of ``args.file``: the choice, fallbacks and estimates."""
+    from llmdispatch.artifacts import load_artifact
+    from llmdispatch.query import Query
+
+    prompts = read_prompts(args.file)
+    policy, _meta = load_artifact(args.artifact)
+    allowed = frozenset(args.only) if args.only else None
+    modalities = frozenset({"text", "image"}) if args.image else frozenset({"text"})
+    for start in range(0, len(prompts), BATCH):
+        chunk = prompts[start : start + BATCH]
+        queries = [
+            replace(Query.from_text(prompt, system=system or args.system), modalities=modalities)
+            for _, prompt, system in chunk
+        ]
+        policy.prefetch(queries)  # one batched estimate for the chunk (routers)
+        for (pid, _, _), query in zip(chunk, queries, strict=True):
+            plan = policy.explain(query, allowed)
+            doc = {
+                "id": pid,
+                "choice": plan.choice,
+                "fallbacks": plan.fallbacks,
+                "knob": plan.knob,
+                "quality": {c.model: round(c.quality, 6) for c in plan.candidates},
+                "cost": {c.model: c.cost for c in plan.candidates},
+                "excluded": {c.model: c.excluded for c in plan.candidates if c.excluded},
+            }
+            print(json.dumps(doc))
     return 0
