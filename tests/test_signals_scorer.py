@@ -66,3 +66,20 @@ def test_scorer_beats_chance_on_real_responses_once_calibrated(shared_data: Data
     ok = ~np.isnan(p)
     assert roc_auc_score(test.score[ok], p[ok]) > 0.6
     assert cal.report(test)["all"] < 0.1
+
+
+def test_cross_fitting_hashes_once_and_gives_the_per_fold_values() -> None:
+    from llmdispatch.data.splits import kfold_indices
+    from llmdispatch.signals.base import Signal
+
+    score, responses = _planted(120, 3)
+    responses[5][0] = None  # type: ignore[call-overload]
+    score[7, 1] = np.nan  # a response without a score: valued, not learned from
+    table = make_table(score, responses=responses)
+    folds = list(kfold_indices(table.n_prompts, 5, seed=0))
+    shared, per_fold = LearnedScorer(n_features=2**10), LearnedScorer(n_features=2**10)
+    got = shared.cross_fit(table, folds)
+    want = Signal.cross_fit(per_fold, table, folds)  # a fitted copy per fold, as the base does
+    np.testing.assert_array_equal(got, want)  # bit for bit, NaN where there is no response
+    assert np.isnan(got[5, 0]) and np.isfinite(got[7, 1])
+    np.testing.assert_array_equal(shared.coef_, per_fold.coef_)

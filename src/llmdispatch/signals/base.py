@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, Self
 
@@ -30,7 +30,7 @@ import numpy as np
 
 from llmdispatch.data.table import OutcomeTable
 from llmdispatch.query import Query
-from llmdispatch.types import FloatMatrix
+from llmdispatch.types import FloatMatrix, IntVector
 
 NAN = float("nan")
 
@@ -87,6 +87,19 @@ class Signal(ABC):
     @abstractmethod
     def offline(self, table: OutcomeTable) -> FloatMatrix:
         """Raw values for every (prompt, model) of ``table``; NaN where not recorded."""
+
+    def cross_fit(
+        self, table: OutcomeTable, folds: Sequence[tuple[IntVector, IntVector]]
+    ) -> FloatMatrix:
+        """Out-of-fold raw values on ``table`` (each fold's rows valued by a copy fitted on
+        the others' rows), then fit this signal on the whole table. A signal that learns may
+        override it to share work between the folds, with the same values."""
+        raw = np.full((table.n_prompts, table.n_models), np.nan)
+        for train_rows, held_rows in folds:
+            part = type(self).from_state(self.get_state())
+            raw[held_rows] = part.fit(table.take(train_rows)).offline(table.take(held_rows))
+        self.fit(table)
+        return raw
 
     def offline_overhead(self, table: OutcomeTable) -> tuple[FloatMatrix, FloatMatrix]:
         """Cost (USD) and latency (ms) of computing the signal, per (prompt, model), beyond

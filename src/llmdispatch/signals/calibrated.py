@@ -100,13 +100,8 @@ class CalibratedSignal:
     def _training_raw(self, table: OutcomeTable) -> FloatMatrix:
         if not self.signal.learns:
             return self.signal.fit(table).offline(table)
-        raw = np.full((table.n_prompts, table.n_models), np.nan)
         k = min(self.folds, table.n_prompts)
-        for tr, te in kfold_indices(table.n_prompts, k, seed=0):
-            part = type(self.signal).from_state(self.signal.get_state())
-            raw[te] = part.fit(table.take(tr)).offline(table.take(te))
-        self.signal.fit(table)
-        return raw
+        return self.signal.cross_fit(table, list(kfold_indices(table.n_prompts, k, seed=0)))
 
     def _fit_one(self, x: FloatMatrix, y: FloatMatrix) -> Calibrator | None:
         ok = ~(np.isnan(x) | np.isnan(y))

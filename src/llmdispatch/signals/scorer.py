@@ -26,7 +26,7 @@ from llmdispatch.data.table import OutcomeTable
 from llmdispatch.query import Query
 from llmdispatch.registry import register
 from llmdispatch.signals.base import NAN, Response, Signal
-from llmdispatch.types import FloatMatrix, FloatVector
+from llmdispatch.types import FloatMatrix, FloatVector, IntVector
 
 #: Character n-grams are taken from the answer's first characters (its final answer is usually
 #: short; long reasoning adds cost, not signal).
@@ -83,18 +83,56 @@ class LearnedScorer(Signal):
     # ---- fitting ------------------------------------------------------------------------
     def fit(self, table: OutcomeTable) -> Self:
         """Fit on every (prompt, model) with a response and a known score."""
+        rows, cols = np.nonzero(~np.isnan(table.score) & _has_response(table))
+        return self._fit_pairs(table, rows, cols, self._pair_blocks(table, rows, cols))
+
+    def cross_fit(
+        self, table: OutcomeTable, folds: Sequence[tuple[IntVector, IntVector]]
+    ) -> FloatMatrix:
+        """As :meth:`Signal.cross_fit`, with every text hashed once for all the folds (the
+        same values as fitting a copy per fold: hashing a text does not depend on the
+        others, and each fold's pairs keep their order)."""
+        rows, cols = np.nonzero(_has_response(table))
+        blocks = self._pair_blocks(table, rows, cols)
+        scored = ~np.isnan(table.score[rows, cols])
+        raw = np.full((table.n_prompts, table.n_models), np.nan)
+        position = np.empty(table.n_prompts, dtype=np.intp)
+        for train_rows, held_rows in folds:
+            # The fold's scored pairs in the order ``table.take(train_rows)`` would list them.
+            position[train_rows] = np.arange(len(train_rows))
+            candidates = np.flatnonzero(np.isin(rows, train_rows) & scored)
+            fit = candidates[np.lexsort((cols[candidates], position[rows[candidates]]))]
+            held = np.isin(rows, held_rows)
+            part = type(self)(**self.get_params())
+            part._fit_pairs(table, rows[fit], cols[fit], [b[fit] for b in blocks])
+            if held.any():
+                raw[rows[held], cols[held]] = part._predict_blocks(
+                    [b[held] for b in blocks], [table.models[j] for j in cols[held]]
+                )
+        self._fit_pairs(table, rows[scored], cols[scored], [b[scored] for b in blocks])
+        return raw
+
+    def _pair_blocks(
+        self, table: OutcomeTable, rows: IntVector, cols: IntVector
+    ) -> list[sp.csr_matrix]:
+        """Hashed query, answer and answer-head blocks, one row per (prompt, model) pair."""
+        prompts = table.full_prompts()
+        return self._raw_blocks(
+            [prompts[i] for i in rows],
+            [str(table.responses[i, j]) for i, j in zip(rows, cols, strict=True)],
+        )
+
+    def _fit_pairs(
+        self, table: OutcomeTable, rows: IntVector, cols: IntVector, blocks: list[sp.csr_matrix]
+    ) -> Self:
+        """Fit on these scored pairs of ``table`` given their hashed blocks."""
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression
 
-        rows, cols = np.nonzero(~np.isnan(table.score) & _has_response(table))
         if len(rows) < 10:
             raise ValueError(f"table {table.name!r} has too few scored responses to train on")
-        prompts = table.full_prompts()
-        queries = [prompts[i] for i in rows]
-        answers = [str(table.responses[i, j]) for i, j in zip(rows, cols, strict=True)]
         self.models_ = tuple(table.models)
         n = len(rows)
-        blocks = self._raw_blocks(queries, answers)
         self.idf_ = [
             np.log((1.0 + n) / (1.0 + np.bincount(b.indices, minlength=b.shape[1]))) + 1.0
             for b in blocks
@@ -125,9 +163,12 @@ class LearnedScorer(Signal):
     def _predict(
         self, queries: Sequence[str], answers: Sequence[str], models: Sequence[str]
     ) -> FloatVector:
+        return self._predict_blocks(self._raw_blocks(queries, answers), models)
+
+    def _predict_blocks(self, blocks: list[sp.csr_matrix], models: Sequence[str]) -> FloatVector:
         if not hasattr(self, "coef_"):
             raise RuntimeError("LearnedScorer is not fitted; call fit() first")
-        X = self._design(self._raw_blocks(queries, answers), models)
+        X = self._design(blocks, models)
         t = X @ self.coef_ + self.intercept_
         return np.asarray(1.0 / (1.0 + np.exp(-t)), dtype=np.float64)
 
