@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import yaml
 
 from _gateway import gateway_config, serve_in_thread, shared_table
 from llmdispatch.artifacts import save_artifact
@@ -87,14 +88,24 @@ def test_a_retrained_artifact_is_served_without_a_restart(
             assert _reloads(url, "ok") == 1.0
 
 
+def _offline_config(
+    tmp_path: Path,
+    table: OutcomeTable,
+    policies: dict[str, Path],
+    name: str = "gw.yaml",
+    **extra: object,
+) -> Path:
+    """A gateway config whose upstreams are never called (the tests only load policies)."""
+    upstreams = {m: "http://127.0.0.1:9/v1" for m in table.models}
+    return gateway_config(tmp_path / name, table, upstreams, policies, **extra)
+
+
 def test_changes_are_loaded_once_the_files_have_settled(
     table: OutcomeTable, tmp_path: Path
 ) -> None:
     folder = tmp_path / "main"
     save_artifact(folder, _router_to(table, table.models[0]))
-    upstreams = {m: "http://127.0.0.1:9/v1" for m in table.models}
-    cfg = gateway_config(tmp_path / "gw.yaml", table, upstreams, {"main": folder})
-    gw = Gateway(load_config(cfg))
+    gw = Gateway(load_config(_offline_config(tmp_path, table, {"main": folder})))
     watcher = ArtifactWatcher(gw)
     old = gw.policies["main"]
     assert asyncio.run(watcher.check()) == []  # nothing changed
@@ -113,39 +124,30 @@ def test_changes_are_loaded_once_the_files_have_settled(
     assert failed is None  # never counted
 
 
-def test_bandits_and_inline_policies_are_not_watched(table: OutcomeTable, tmp_path: Path) -> None:
+def test_bandits_and_inline_policies_are_not_watched(
+    table: OutcomeTable, tmp_path: Path, shared_data: Callable[[str], Path]
+) -> None:
     bandit = BanditRouter(algorithm="linucb", dim=8).fit(table.split("train").take(np.arange(300)))
     save_artifact(tmp_path / "bandit", bandit)
     save_artifact(tmp_path / "router", _router_to(table, table.models[0]))
-    upstreams = {m: "http://127.0.0.1:9/v1" for m in table.models}
-    cfg = gateway_config(
-        tmp_path / "gw.yaml",
-        table,
-        upstreams,
-        {"bandit": tmp_path / "bandit", "router": tmp_path / "router"},
+    cfg = _offline_config(
+        tmp_path, table, {"bandit": tmp_path / "bandit", "router": tmp_path / "router"}
     )
-    watcher = ArtifactWatcher(Gateway(load_config(cfg)))
-    assert list(watcher.refs) == ["router"]
+    doc = yaml.safe_load(cfg.read_text())
+    # Trained at start-up from a data set: there is no artifact to watch.
+    doc["policies"]["inline"] = {"policy": "router", "data": str(shared_data("cascades9"))}
+    cfg.write_text(yaml.safe_dump(doc))
+    gw = Gateway(load_config(cfg))
+    assert sorted(gw.policies) == ["bandit", "inline", "router"]
+    assert list(ArtifactWatcher(gw).refs) == ["router"]
 
 
 def test_reloading_can_be_switched_off(table: OutcomeTable, tmp_path: Path) -> None:
     save_artifact(tmp_path / "main", _router_to(table, table.models[0]))
-    upstreams = {m: "http://127.0.0.1:9/v1" for m in table.models}
-    cfg = gateway_config(
-        tmp_path / "gw.yaml",
-        table,
-        upstreams,
-        {"main": tmp_path / "main"},
-        reload_artifacts_s=None,
-    )
+    main = {"main": tmp_path / "main"}
+    cfg = _offline_config(tmp_path, table, main, reload_artifacts_s=None)
     assert load_config(cfg).reload_artifacts_s is None
-    bad = gateway_config(
-        tmp_path / "bad.yaml",
-        table,
-        upstreams,
-        {"main": tmp_path / "main"},
-        reload_artifacts_s=0,
-    )
+    bad = _offline_config(tmp_path, table, main, name="bad.yaml", reload_artifacts_s=0)
     with pytest.raises(ValueError, match="reload_artifacts_s"):
         load_config(bad)
 
