@@ -230,6 +230,8 @@ def test_train_and_route_commands(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["route", str(tmp_path / "art"), "--file", str(text), "--only", "cheap"]) == 0
     rows = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
     assert [(r["id"], r["choice"]) for r in rows] == [("1", "cheap"), ("3", "cheap")]
+    assert main(["route", str(tmp_path / "art"), "--file", str(text), "--only", "nosuch"]) == 2
+    assert "--only names models this artifact does not know: nosuch" in capsys.readouterr().err
     batch.write_text('{"id": "a", "prompt": "fine"}\n{"id": "b"}\n')
     assert main(["route", str(tmp_path / "art"), "--file", str(batch)]) == 2
     assert "prompts.jsonl:2: field 'prompt': expected a non-empty string" in capsys.readouterr().err

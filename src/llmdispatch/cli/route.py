@@ -11,7 +11,10 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llmdispatch.query import Query
 
 
 def register(subparsers: Any) -> None:
@@ -48,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from llmdispatch.artifacts import load_artifact
-    from llmdispatch.query import Query
 
     if args.file is not None:
         if args.prompt is not None:
@@ -58,18 +60,8 @@ def run(args: argparse.Namespace) -> int:
     if not prompt.strip():
         raise ValueError("empty prompt")
     policy, meta = load_artifact(args.artifact)
-    query = Query.from_text(prompt, system=args.system)
-    if args.image:
-        query = replace(query, modalities=frozenset({"text", "image"}))
-    allowed = frozenset(args.only) if args.only else None
-    known = getattr(policy, "models_", None) or getattr(policy, "rungs", None)
-    if allowed and known:
-        unknown = sorted(allowed - set(known))
-        if unknown:
-            raise ValueError(
-                f"--only names models this artifact does not know: {', '.join(unknown)}; "
-                f"known: {', '.join(known)}"
-            )
+    query = make_query(prompt, args.system, args.image)
+    allowed = allowed_models(policy, args.only)
     plan = policy.explain(query, allowed)
     if args.json:
         doc = {
@@ -101,6 +93,28 @@ def run(args: argparse.Namespace) -> int:
     if trained:
         Console().print(f"trained on {trained}; fallbacks in order: {', '.join(plan.fallbacks)}")
     return 0
+
+
+def make_query(prompt: str, system: str | None, image: bool) -> Query:
+    """The query ``route`` decides on (with an image part when ``image``)."""
+    from llmdispatch.query import Query
+
+    query = Query.from_text(prompt, system=system)
+    return replace(query, modalities=frozenset({"text", "image"})) if image else query
+
+
+def allowed_models(policy: Any, only: list[str] | None) -> frozenset[str] | None:
+    """``--only`` as the allowed set, after checking that the artifact knows every name."""
+    allowed = frozenset(only) if only else None
+    known = getattr(policy, "models_", None) or getattr(policy, "rungs", None)
+    if allowed and known:
+        unknown = sorted(allowed - set(known))
+        if unknown:
+            raise ValueError(
+                f"--only names models this artifact does not know: {', '.join(unknown)}; "
+                f"known: {', '.join(known)}"
+            )
+    return allowed
 
 
 def read_prompts(path: Path) -> list[tuple[str, str, str | None]]:
@@ -138,17 +152,14 @@ def read_prompts(path: Path) -> list[tuple[str, str, str | None]]:
 def route_file(args: argparse.Namespace) -> int:
     """One JSON line per prompt of ``args.file``: the choice, fallbacks and estimates."""
     from llmdispatch.artifacts import load_artifact
-    from llmdispatch.query import Query
 
     prompts = read_prompts(args.file)
     policy, _meta = load_artifact(args.artifact)
-    allowed = frozenset(args.only) if args.only else None
-    modalities = frozenset({"text", "image"}) if args.image else frozenset({"text"})
+    allowed = allowed_models(policy, args.only)
     for start in range(0, len(prompts), BATCH):
         chunk = prompts[start : start + BATCH]
         queries = [
-            replace(Query.from_text(prompt, system=system or args.system), modalities=modalities)
-            for _, prompt, system in chunk
+            make_query(prompt, system or args.system, args.image) for _, prompt, system in chunk
         ]
         policy.prefetch(queries)  # one batched estimate for the chunk (routers)
         for (pid, _, _), query in zip(chunk, queries, strict=True):
